@@ -1,0 +1,1 @@
+"""The zeromesh command line."""

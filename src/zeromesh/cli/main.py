@@ -1,0 +1,508 @@
+"""The `zeromesh` command: cluster lifecycle plus kubectl-like resource commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from zeromesh.errors import ManifestError, ZeromeshError
+
+DEFAULT_CLUSTER = "zeromesh"
+
+
+def _cluster(args: argparse.Namespace) -> str:
+    return getattr(args, "cluster", None) or os.environ.get("ZEROMESH_CLUSTER") or DEFAULT_CLUSTER
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from zeromesh.cli.client import Client
+    return Client(_cluster(args))
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+# ---- up / down -------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from zeromesh.local import cluster
+    name = _cluster(args)
+    t0 = time.monotonic()
+    table = args.image_table or os.environ.get("ZEROMESH_IMAGE_TABLE")
+    cfg = cluster.up(name, args.nodes, table, lambda m: print(f"  {m} ...", flush=True),
+                     timeout=args.timeout)
+    flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
+    print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
+    print(f"""
+Try:
+  zeromesh{flag} apply -f examples/
+  zeromesh{flag} get pods -A -o wide
+  zeromesh{flag} exec -n sample-client deploy/curl -- curl -s http://echo.sample-server
+  zeromesh{flag} down""")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from zeromesh.local import cluster
+    name = _cluster(args)
+    cluster.down(name, args.keep_state, lambda m: print(f"  {m} ...", flush=True))
+    kept = " (state kept)" if args.keep_state else ""
+    print(f"cluster {name!r} is down{kept}")
+    return 0
+
+
+# ---- apply / delete --------------------------------------------------------
+def _load(paths: list[str]) -> list[dict[str, Any]]:
+    from zeromesh.api import load_path
+    docs = []
+    for p in paths:
+        for d in load_path(p):
+            docs.append({"file": d.source.file, "document": d.source.document, "body": d.body})
+    return docs
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    docs = _load(args.filename)
+    if not docs:
+        _err("no objects passed to apply")
+        return 1
+    res = _client(args).call("POST", "/v1/apply",
+                             {"documents": docs, "namespace": args.namespace or "default"})
+    for w in res["warnings"]:
+        print(f"Warning: {w}", file=sys.stderr)
+    for r in res["results"]:
+        print(f"{_ref(r)} {r['action']}")
+    return 0
+
+
+def _ref(r: dict[str, str]) -> str:
+    from zeromesh.api import ALL_KINDS
+    info = next((k for k in ALL_KINDS if k.resource == r["resource"]), None)
+    group = f".{info.group}" if info and info.group else ""
+    return f"{r['kind'].lower()}{group}/{r['name']}"
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.filename:
+        docs = _load(args.filename)
+        res = client.call("POST", "/v1/delete-documents",
+                          {"documents": docs, "namespace": args.namespace or "default"})
+        rc = 0
+        for r in res["results"]:
+            if r["action"] == "not found":
+                _err(f'{_ref(r)} not found')
+                rc = 1 if not args.ignore_not_found else rc
+            else:
+                print(f'{_ref(r)} deleted')
+        return rc
+    if not args.kind:
+        _err("give -f FILE or KIND NAME...")
+        return 2
+    infos, names = _kind_and_names(args.kind, args.names)
+    if not names:
+        _err("give the name of the resource to delete")
+        return 2
+    info = infos[0]
+    rc = 0
+    for name in names:
+        ns = (args.namespace or "default") if info.namespaced else ""
+        try:
+            client.call("DELETE", f"/v1/objects/{info.resource}",
+                        params={"namespace": ns, "name": name})
+            print(f'{info.kind.lower()} "{name}" deleted')
+        except ZeromeshError as e:
+            if getattr(e, "status", 0) == 404 and args.ignore_not_found:
+                continue
+            _err(str(e))
+            rc = 1
+    return rc
+
+
+def _kind_and_names(kind: str, names: list[str]) -> tuple[list[Any], list[str]]:
+    from zeromesh.api import resolve_cli_name
+    if "/" in kind and not names:
+        kind, name = kind.split("/", 1)
+        names = [name]
+    infos = resolve_cli_name(kind)
+    if not infos:
+        raise ZeromeshError(f'the server doesn\'t have a resource type "{kind}"')
+    return infos, names
+
+
+# ---- get -----------------------------------------------------------------
+def cmd_get(args: argparse.Namespace) -> int:
+    from zeromesh.cli.tables import render_table
+    client = _client(args)
+    kinds = args.kind.split(",")
+    out_items: list[dict[str, Any]] = []
+    printed = False
+    rc = 0
+    for k in kinds:
+        infos, names = _kind_and_names(k, list(args.names))
+        for info in infos:
+            ns: str | None
+            if not info.namespaced:
+                ns = ""
+            elif args.all_namespaces:
+                ns = None
+            else:
+                ns = args.namespace or "default"
+            items: list[dict[str, Any]] = []
+            if names:
+                for n in names:
+                    try:
+                        items += client.get(info.resource, ns or "", n)["items"]
+                    except ZeromeshError as e:
+                        if getattr(e, "status", 0) == 404:
+                            _err(f'{info.plural}{"." + info.group if info.group else ""} "{n}" not found')
+                            rc = 1
+                        else:
+                            raise
+            else:
+                items = client.get(info.resource, ns)["items"]
+            if args.selector:
+                items = [i for i in items if _selector_ok(args.selector, i)]
+            if args.output in ("yaml", "json", "name"):
+                out_items += items
+                continue
+            table = render_table(info.resource, items, wide=args.output == "wide",
+                                 all_namespaces=bool(args.all_namespaces and info.namespaced))
+            if table:
+                if printed:
+                    print()
+                print(table)
+                printed = True
+    if args.output == "name":
+        for i in out_items:
+            print(f"{i.get('kind', '').lower()}/{i['metadata']['name']}")
+    elif args.output in ("yaml", "json"):
+        doc: Any = out_items[0] if (len(out_items) == 1 and args.names) else {
+            "apiVersion": "v1", "kind": "List", "items": out_items, "metadata": {}}
+        if args.output == "json":
+            print(json.dumps(doc, indent=2))
+        else:
+            print(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), end="")
+    elif not printed and rc == 0:
+        where = "" if args.all_namespaces else f" in {args.namespace or 'default'} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+    return rc
+
+
+def _selector_ok(selector: str, obj: dict[str, Any]) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for term in selector.split(","):
+        term = term.strip()
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k.strip()) == v.strip():
+                return False
+        elif "=" in term:
+            k, v = term.split("=", 1)
+            if labels.get(k.strip().rstrip("=")) != v.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term and term not in labels:
+            return False
+    return True
+
+
+# ---- label -----------------------------------------------------------------
+def cmd_label(args: argparse.Namespace) -> int:
+    infos, names = _kind_and_names(args.kind, [])
+    if not names:
+        if not args.items:
+            _err("give KIND NAME key=value|key-")
+            return 2
+        names = [args.items[0]]
+        items = args.items[1:]
+    else:
+        items = args.items
+    info = infos[0]
+    set_: dict[str, str] = {}
+    remove: list[str] = []
+    for it in items:
+        if it.endswith("-") and "=" not in it:
+            remove.append(it[:-1])
+        elif "=" in it:
+            k, v = it.split("=", 1)
+            set_[k] = v
+        else:
+            _err(f"invalid label {it!r}: use key=value to set or key- to remove")
+            return 2
+    if not set_ and not remove:
+        _err("give at least one label to set (key=value) or remove (key-)")
+        return 2
+    from zeromesh.api.names import label_value_error, qualified_name_error
+    for k, v in set_.items():
+        problem = qualified_name_error(k) or label_value_error(v)
+        if problem:
+            _err(f"invalid label {k}={v}: {problem}")
+            return 2
+    ns = (args.namespace or "default") if info.namespaced else ""
+    res = _client(args).call("POST", "/v1/label", {
+        "resource": info.resource, "namespace": ns, "name": names[0], "set": set_,
+        "remove": remove, "overwrite": args.overwrite})
+    word = "labeled" if res["changed"] else "not labeled"
+    print(f"{info.kind.lower()}/{names[0]} {word}")
+    return 0
+
+
+# ---- exec / logs -----------------------------------------------------------
+def _find_pod(args: argparse.Namespace, target: str) -> dict[str, Any]:
+    client = _client(args)
+    ns = args.namespace or "default"
+    if "/" in target:
+        kind, name = target.split("/", 1)
+        if kind in ("deploy", "deployment", "deployments"):
+            pods = client.get("pods", ns)["items"]
+            mine = [p for p in pods if any(r.get("kind") == "Deployment" and r.get("name") == name
+                                           for r in p["metadata"].get("ownerReferences") or [])
+                    and not p["metadata"].get("deletionTimestamp")]
+            if not mine:
+                raise ZeromeshError(f'deployment "{name}" has no pods in namespace {ns}')
+            running = [p for p in mine if p.get("status", {}).get("phase") == "Running"]
+            return sorted(running or mine, key=lambda p: p["metadata"]["name"])[0]
+        if kind not in ("pod", "pods", "po"):
+            raise ZeromeshError(f"cannot exec into {kind}/{name}: use a pod or deploy/NAME")
+        target = name
+    try:
+        return client.get("pods", ns, target)["items"][0]
+    except ZeromeshError as e:
+        if getattr(e, "status", 0) == 404:
+            raise ZeromeshError(f'pod "{target}" not found in namespace {ns}') from e
+        raise
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from zeromesh.local.plan import ClusterPlan
+    from zeromesh.local.runner import POD_GID, POD_UID, PATH
+    from zeromesh.netns.topology import exists
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _err("give a command after --, e.g. zeromesh exec POD -- curl -s http://svc")
+        return 2
+    pod = _find_pod(args, args.pod)
+    md = pod["metadata"]
+    netns = ClusterPlan(_cluster(args), 1).pod_netns(md["namespace"], md["name"])
+    if pod.get("status", {}).get("phase") != "Running" or not exists(netns):
+        raise ZeromeshError(f"pod {md['namespace']}/{md['name']} is not running "
+                            f"(phase {pod.get('status', {}).get('phase', 'Pending')})")
+    env = {"PATH": PATH, "HOME": "/tmp", "HOSTNAME": md["name"], "LANG": "C.UTF-8",
+           "TERM": os.environ.get("TERM", "dumb")}
+    argv = ["ip", "netns", "exec", netns, "setpriv", f"--reuid={POD_UID}", f"--regid={POD_GID}",
+            "--clear-groups", "--", *command]
+    sys.stdout.flush()
+    os.execvpe("ip", argv, env)
+    return 127  # not reached
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from zeromesh.local.state import Paths
+    pod = _find_pod(args, args.pod)
+    md = pod["metadata"]
+    containers = [c["name"] for c in pod["spec"].get("containers", [])]
+    container = args.container or (containers[0] if containers else "")
+    if container not in containers:
+        raise ZeromeshError(f"container {container!r} is not in pod {md['name']} "
+                            f"(containers: {', '.join(containers)})")
+    path = Paths(_cluster(args)).pod_log(md["namespace"], md["name"], container)
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        data = f.read()
+        if args.tail is not None and args.tail >= 0:
+            data = b"".join(data.splitlines(keepends=True)[-args.tail:]) if args.tail else b""
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        while args.follow:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+                if not path.exists():
+                    break
+    return 0
+
+
+# ---- wait --------------------------------------------------------------------
+def cmd_wait(args: argparse.Namespace) -> int:
+    """kubectl wait --for=condition=Ready pods --all, for scripts and the demo."""
+    infos, names = _kind_and_names(args.kind, list(args.names))
+    info = infos[0]
+    cond = args.for_.removeprefix("condition=")
+    want_delete = args.for_ == "delete"
+    client = _client(args)
+    ns = (args.namespace or "default") if info.namespaced else ""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        items = client.get(info.resource, ns)["items"]
+        if names:
+            items_named = {i["metadata"]["name"]: i for i in items}
+            pending = [n for n in names if (n in items_named) != (not want_delete)
+                       or (not want_delete and not _has_condition(items_named[n], cond))]
+        else:
+            items = [i for i in items if not args.selector or _selector_ok(args.selector, i)]
+            pending = ([i["metadata"]["name"] for i in items] if want_delete else
+                       [i["metadata"]["name"] for i in items if not _has_condition(i, cond)])
+            if not items and not want_delete:
+                pending = ["(none yet)"]
+        if not pending:
+            for n in names or [i["metadata"]["name"] for i in items]:
+                print(f"{info.kind.lower()}/{n} condition met")
+            return 0
+        if time.monotonic() > deadline:
+            _err(f"timed out waiting for {args.for_} on {info.plural}: {', '.join(pending)}")
+            return 1
+        time.sleep(0.1)
+
+
+def _has_condition(obj: dict[str, Any], cond: str) -> bool:
+    return any(c.get("type", "").lower() == cond.lower() and c.get("status") == "True"
+               for c in obj.get("status", {}).get("conditions") or [])
+
+
+# ---- daemons -----------------------------------------------------------------
+def _setup_logging() -> None:
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_controlplane(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from zeromesh.controlplane.apiserver import serve
+    _setup_logging()
+    asyncio.run(serve(_cluster(args)))
+    return 0
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from zeromesh.local.runner import run_runner
+    _setup_logging()
+    asyncio.run(run_runner(_cluster(args), args.node))
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cluster", default=argparse.SUPPRESS,
+                        help="cluster name (default: $ZEROMESH_CLUSTER or 'zeromesh')")
+    nsopt = argparse.ArgumentParser(add_help=False)
+    nsopt.add_argument("-n", "--namespace", default=None)
+
+    p = argparse.ArgumentParser(prog="zeromesh", parents=[common],
+                                description="A sidecarless service mesh that runs Istio ambient YAML.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("up", parents=[common], help="start a local cluster")
+    s.add_argument("--nodes", type=int, default=None, help="number of nodes (default 2)")
+    s.add_argument("--image-table", default=None, help="YAML mapping images to host commands")
+    s.add_argument("--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("down", parents=[common], help="stop a local cluster and remove it")
+    s.add_argument("--keep-state", action="store_true", help="keep applied resources for the next up")
+    s.set_defaults(func=cmd_down)
+
+    s = sub.add_parser("apply", parents=[common, nsopt], help="apply manifests")
+    s.add_argument("-f", "--filename", action="append", required=True, help="FILE, DIR or -")
+    s.set_defaults(func=cmd_apply)
+
+    s = sub.add_parser("delete", parents=[common, nsopt], help="delete resources")
+    s.add_argument("-f", "--filename", action="append")
+    s.add_argument("--ignore-not-found", action="store_true")
+    s.add_argument("kind", nargs="?")
+    s.add_argument("names", nargs="*")
+    s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("get", parents=[common, nsopt], help="list resources")
+    s.add_argument("kind")
+    s.add_argument("names", nargs="*")
+    s.add_argument("-A", "--all-namespaces", action="store_true")
+    s.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
+    s.add_argument("-l", "--selector", default=None)
+    s.set_defaults(func=cmd_get)
+
+    s = sub.add_parser("label", parents=[common, nsopt], help="set or remove labels")
+    s.add_argument("kind")
+    s.add_argument("items", nargs="*", help="NAME key=value key-")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("exec", parents=[common, nsopt], help="run a command inside a pod")
+    s.add_argument("pod", help="POD or deploy/NAME")
+    s.add_argument("command", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_exec)
+
+    s = sub.add_parser("logs", parents=[common, nsopt], help="print a pod's output")
+    s.add_argument("pod", help="POD or deploy/NAME")
+    s.add_argument("-c", "--container", default=None)
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("--tail", type=int, default=None)
+    s.set_defaults(func=cmd_logs)
+
+    s = sub.add_parser("wait", parents=[common, nsopt], help="wait for a condition")
+    s.add_argument("kind")
+    s.add_argument("names", nargs="*")
+    s.add_argument("--for", dest="for_", default="condition=Ready")
+    s.add_argument("--all", action="store_true")
+    s.add_argument("-l", "--selector", default=None)
+    s.add_argument("--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_wait)
+
+    s = sub.add_parser("controlplane", parents=[common], help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_controlplane)
+    s = sub.add_parser("runner", parents=[common], help=argparse.SUPPRESS)
+    s.add_argument("--node", required=True)
+    s.set_defaults(func=cmd_runner)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ManifestError as e:
+        for line in str(e).splitlines():
+            _err(line)
+        return 1
+    except ZeromeshError as e:
+        errors = getattr(e, "errors", None)
+        if errors and len(errors) > 1 or (errors and errors[0] != str(e)):
+            for line in errors:
+                _err(line)
+        else:
+            _err(str(e))
+        return 1
+    except ValueError as e:
+        _err(str(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

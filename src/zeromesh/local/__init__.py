@@ -1,0 +1,1 @@
+"""The local cluster: nodes and pods as network namespaces, processes, services and DNS."""

@@ -1,0 +1,235 @@
+"""`zeromesh up` and `zeromesh down`: build the namespaces, start and stop the daemons.
+
+Everything a cluster makes is found again from its name alone (namespace prefix,
+state and runtime directories, pid files), so `down` cleans up even after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from zeromesh.errors import ClusterError
+from zeromesh.local import images
+from zeromesh.local.plan import ClusterPlan
+from zeromesh.local.state import RUN_ROOT, ClusterConfig, Paths, load_config, save_config
+from zeromesh.netns import cmd, topology
+from zeromesh.samples import SAMPLES, sample_path
+
+REQUIRED_TOOLS = ("ip", "nft", "setpriv")
+Progress = Callable[[str], None]
+
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("the local cluster needs root (network namespaces, nftables): "
+                           "run zeromesh as root")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise ClusterError(f"missing host tools: {', '.join(missing)} "
+                           "(apt-get install iproute2 nftables util-linux)")
+
+
+def pod_python() -> str:
+    """An interpreter the unprivileged pod user can run (the sample apps need only the stdlib)."""
+    for cand in ("/usr/bin/python3", sys.executable):
+        if cand and _world_usable(cand):
+            return cand
+    raise ClusterError("no Python interpreter is usable by unprivileged users "
+                       "(apt-get install python3)")
+
+
+def _world_usable(path: str) -> bool:
+    p = Path(path).resolve()
+    if not p.exists() or not os.stat(p).st_mode & 0o001:
+        return False
+    return all(os.stat(parent).st_mode & 0o001 for parent in p.parents)
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """Alive *and* still ours: a recycled pid must never be signalled."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def _pidfile(paths: Paths, daemon: str) -> Path:
+    return paths.pids / f"{daemon}.pid"
+
+
+def _read_pid(paths: Paths, daemon: str) -> int | None:
+    try:
+        return int(_pidfile(paths, daemon).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemon_args(daemon: str) -> list[str]:
+    if daemon.startswith("runner-"):
+        return ["runner", "--node", daemon.removeprefix("runner-")]
+    return [daemon]
+
+
+def _marker(cluster: str, daemon: str) -> str:
+    """The daemon's command-line tail; the trailing space keeps node1 from matching node10."""
+    return " ".join(["--cluster", cluster, *_daemon_args(daemon)]) + " "
+
+
+def _daemon_running(paths: Paths, daemon: str) -> bool:
+    pid = _read_pid(paths, daemon)
+    return pid is not None and pid_alive(pid, _marker(paths.cluster, daemon))
+
+
+def _start_daemon(paths: Paths, daemon: str) -> int:
+    paths.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.pids.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(paths.logs / f"{daemon}.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zeromesh", "--cluster", paths.cluster, *_daemon_args(daemon)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            close_fds=True, cwd="/")
+    _pidfile(paths, daemon).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _install_samples(paths: Paths) -> None:
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(RUN_ROOT, 0o755)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.run, 0o755)       # traversable: the sample apps live below; the socket is 0600
+    paths.samples.mkdir(exist_ok=True)
+    os.chmod(paths.samples, 0o755)
+    for name in SAMPLES:
+        src = sample_path(name)
+        dst = paths.samples / src.name
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o644)
+
+
+def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progress,
+       timeout: float = 60.0) -> ClusterConfig:
+    check_host()
+    paths = Paths(cluster)
+    cfg = load_config(paths)
+    table = None
+    if image_table:
+        try:
+            text = Path(image_table).read_text()
+        except OSError as e:
+            raise ClusterError(f"--image-table {image_table}: cannot read: {e.strerror}") from e
+        try:
+            table = images.parse_table(text, image_table)
+        except ValueError as e:
+            raise ClusterError(str(e)) from e
+    if cfg is None:
+        cfg = ClusterConfig(name=cluster, nodes=nodes or 2, image_table=table or {},
+                            python=pod_python())
+        ClusterPlan(cfg.name, cfg.nodes)   # validates the node count before anything is made
+    else:
+        if nodes is not None and nodes != cfg.nodes:
+            raise ClusterError(
+                f"cluster {cluster!r} was created with {cfg.nodes} nodes (state in {paths.state}); "
+                f"run `zeromesh up --cluster {cluster}` without --nodes, or "
+                f"`zeromesh down --cluster {cluster}` first to start over")
+        if table is not None:
+            cfg.image_table = table
+        cfg.python = pod_python()
+    save_config(paths, cfg)
+    plan = cfg.plan
+    progress(f"creating network: underlay and {plan.nodes} node namespace(s)")
+    topology.create_underlay(plan)
+    for node in plan.node_names():
+        topology.create_node(plan, node)
+    _install_samples(paths)
+    if not _daemon_running(paths, "controlplane"):
+        progress("starting control plane")
+        _start_daemon(paths, "controlplane")
+    from zeromesh.cli.client import Client  # the sync client lives with the CLI
+    client = Client(cluster)
+    deadline = time.monotonic() + timeout
+    while not client.alive():
+        if time.monotonic() > deadline or not _daemon_running(paths, "controlplane"):
+            raise ClusterError(f"control plane did not start; see {paths.logs / 'controlplane.log'}")
+        time.sleep(0.05)
+    for node in plan.node_names():
+        daemon = f"runner-{node}"
+        if not _daemon_running(paths, daemon):
+            progress(f"starting {node}")
+            _start_daemon(paths, daemon)
+    waiting: set[str] = set(plan.node_names())
+    shown = ""
+    while waiting:
+        nodes_objs = client.get("nodes").get("items", [])
+        for n in nodes_objs:
+            for c in n.get("status", {}).get("conditions", []):
+                if c.get("type") == "Ready" and c.get("status") == "True":
+                    waiting.discard(n["metadata"]["name"])
+        msg = f"waiting for nodes: {', '.join(sorted(waiting))}" if waiting else ""
+        if msg and msg != shown:
+            progress(msg)
+            shown = msg
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise ClusterError(f"nodes not ready after {timeout:.0f}s: {', '.join(sorted(waiting))};"
+                               f" see {paths.logs}")
+        time.sleep(0.05)
+    return cfg
+
+
+def _stop_pid(pid: int, marker: str, grace: float) -> None:
+    if not pid_alive(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, marker):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down(cluster: str, keep_state: bool, progress: Progress) -> None:
+    check_host()
+    paths = Paths(cluster)
+    prefix = f"zm.{cluster}."
+    daemons = sorted(p.stem for p in paths.pids.glob("*.pid")) if paths.pids.exists() else []
+    runners = [d for d in daemons if d != "controlplane"]
+    if runners:
+        progress(f"stopping {len(runners)} node runner(s) and their pods")
+    for d in runners:
+        pid = _read_pid(paths, d)
+        if pid is not None:
+            _stop_pid(pid, _marker(cluster, d), grace=10)
+    pid = _read_pid(paths, "controlplane")
+    if pid is not None:
+        progress("stopping control plane")
+        _stop_pid(pid, _marker(cluster, "controlplane"), grace=5)
+    names = topology.cluster_netns(prefix)
+    if names:
+        progress(f"removing {len(names)} network namespace(s)")
+    # Pods first, then nodes, then the underlay: veth peers disappear with their namespace.
+    order = sorted(names, key=lambda n: (n.endswith(".underlay"), n.count(".") == 2, n))
+    for name in order:
+        if topology.exists(name):
+            for p in cmd.netns_pids(name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        topology.delete_netns(name)
+    shutil.rmtree(paths.run, ignore_errors=True)
+    if not keep_state:
+        shutil.rmtree(paths.state, ignore_errors=True)
+    left = topology.cluster_netns(prefix)
+    if left:
+        raise ClusterError(f"could not remove: {', '.join(left)}")

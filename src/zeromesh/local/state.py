@@ -1,0 +1,93 @@
+"""Where a cluster keeps its state (root-only) and its runtime files, and its recorded config."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zeromesh.local.plan import ClusterPlan, check_cluster_name
+
+STATE_ROOT = Path(os.environ.get("ZEROMESH_STATE_ROOT", "/var/lib/zeromesh"))
+RUN_ROOT = Path(os.environ.get("ZEROMESH_RUN_ROOT", "/run/zeromesh"))
+
+
+@dataclass
+class ClusterConfig:
+    """What `up` decided once and every daemon reads: recorded in the state directory."""
+
+    name: str
+    nodes: int
+    image_table: dict[str, Any] = field(default_factory=dict)
+    python: str = ""          # interpreter pod processes can run (sample apps)
+
+    @property
+    def plan(self) -> ClusterPlan:
+        return ClusterPlan(self.name, self.nodes)
+
+
+@dataclass(frozen=True)
+class Paths:
+    cluster: str
+
+    def __post_init__(self) -> None:
+        check_cluster_name(self.cluster)
+
+    @property
+    def state(self) -> Path:
+        return STATE_ROOT / self.cluster
+
+    @property
+    def run(self) -> Path:
+        return RUN_ROOT / self.cluster
+
+    @property
+    def config(self) -> Path:
+        return self.state / "cluster.json"
+
+    @property
+    def db(self) -> Path:
+        return self.state / "store.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.state / "pods"
+
+    @property
+    def socket(self) -> Path:
+        return self.run / "controlplane.sock"
+
+    @property
+    def pids(self) -> Path:
+        return self.run / "pids"
+
+    @property
+    def samples(self) -> Path:
+        """World-readable copy of the sample apps: pod processes run as an unprivileged user."""
+        return self.run / "samples"
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> Path:
+        return self.pod_logs / namespace / pod / f"{container}.log"
+
+
+def load_config(paths: Paths) -> ClusterConfig | None:
+    try:
+        data = json.loads(paths.config.read_text())
+    except FileNotFoundError:
+        return None
+    return ClusterConfig(**data)
+
+
+def save_config(paths: Paths, cfg: ClusterConfig) -> None:
+    paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.state, 0o700)
+    tmp = paths.config.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, paths.config)
