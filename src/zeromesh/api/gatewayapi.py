@@ -323,7 +323,7 @@ GATEWAY_SPEC = Obj(
         "gatewayClassName": string(nonempty=True, rule=dns1123_subdomain_error),
         "listeners": list_of(LISTENER, min_items=1, unique="name"),
         "addresses": list_of(Obj({"type": string(), "value": string(nonempty=True)},
-                                 unknown="keep")),
+                                 required=("value",), unknown="keep")),
         "infrastructure": any_map,
         "backendTLS": any_map,
     },

@@ -121,7 +121,7 @@ def _jsonify(value: Any, path: str = "") -> Any:
     raise _NotJson(path, f"a YAML {type(value).__name__}")
 
 
-def _yaml_problem(e: Exception) -> str:
+def _yaml_problem(e: Exception, text: str) -> str:
     if isinstance(e, yaml.MarkedYAMLError):
         problem = e.problem or e.context or "malformed YAML"
         mark = e.problem_mark or e.context_mark
@@ -129,7 +129,11 @@ def _yaml_problem(e: Exception) -> str:
             return f"{problem} at line {mark.line + 1} column {mark.column + 1}"
         return problem
     if isinstance(e, yaml.reader.ReaderError):
-        return f"{e.reason} (character #x{e.character:04x} at offset {e.position})"
+        pos = e.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        return (f"unacceptable character #x{e.character:04x}: {e.reason} at line {line} "
+                f"column {column}")
     if isinstance(e, RecursionError):
         return "the document is nested too deeply"
     return str(e) or type(e).__name__
@@ -191,7 +195,7 @@ def load_text(text: str, file: str) -> list[LoadedDoc]:
             break
         except Exception as e:  # PyYAML also raises ValueError (bad dates), RecursionError...
             raise ManifestError(
-                f"{Source(file, number + 1)}: invalid YAML: {_yaml_problem(e)}") from None
+                f"{Source(file, number + 1)}: invalid YAML: {_yaml_problem(e, text)}") from None
         number += 1
         if body is None:
             continue

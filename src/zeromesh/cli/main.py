@@ -284,7 +284,7 @@ def _find_pod(args: argparse.Namespace, target: str) -> dict[str, Any]:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from zeromesh.local.plan import ClusterPlan
-    from zeromesh.local.runner import POD_GID, POD_UID, PATH
+    from zeromesh.local.runner import PATH, POD_GID, POD_UID
     from zeromesh.netns.topology import exists
     command = list(args.command)
     if command and command[0] == "--":
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except ZeromeshError as e:
         errors = getattr(e, "errors", None)
-        if errors and len(errors) > 1 or (errors and errors[0] != str(e)):
+        if (errors and len(errors) > 1) or (errors and errors[0] != str(e)):
             for line in errors:
                 _err(line)
         else:

@@ -499,10 +499,7 @@ _REPLICASET = TableSpec(
 
 def _node_status(node: Obj, c: _Ctx) -> str:
     cond = _condition(node, "Ready")
-    if cond is None:
-        status = ["Unknown"]
-    else:
-        status = ["Ready" if cond.get("status") == "True" else "NotReady"]
+    status = ["Unknown"] if cond is None else ["Ready" if cond.get("status") == "True" else "NotReady"]
     if _get(node, "spec", "unschedulable") is True:
         status.append("SchedulingDisabled")
     return ",".join(status)

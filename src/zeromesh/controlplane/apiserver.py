@@ -250,7 +250,7 @@ async def serve(cluster: str) -> None:
     cp = ControlPlane(cfg, paths)
     cp.bootstrap()
     app = make_app(cp)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):

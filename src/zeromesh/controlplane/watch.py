@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,6 @@ class WatchHub:
         if self._latest > revision:
             return
         async with self._cond:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._cond.wait_for(lambda: self._latest > revision), timeout)
-            except TimeoutError:
-                pass

@@ -131,7 +131,7 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
         except ValueError as e:
             raise ClusterError(str(e)) from e
     if cfg is None:
-        cfg = ClusterConfig(name=cluster, nodes=nodes or 2, image_table=table or {},
+        cfg = ClusterConfig(name=cluster, nodes=2 if nodes is None else nodes, image_table=table or {},
                             python=pod_python())
         ClusterPlan(cfg.name, cfg.nodes)   # validates the node count before anything is made
     else:

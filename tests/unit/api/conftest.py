@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -10,12 +11,21 @@ from typing import Any
 import pytest
 import yaml
 
-from zeromesh.api import ManifestError, ManifestErrors, Validated, find_kind, validate_all
+from zeromesh.api import (
+    LoadedDoc,
+    ManifestError,
+    ManifestErrors,
+    Validated,
+    find_kind,
+    validate,
+    validate_all,
+)
 from zeromesh.api.examples import minimal_manifest
 from zeromesh.api.manifest import load_text
 
-DELETE = object()
-"""Patch value meaning "remove this field"."""
+DELETE = "<delete>"
+"""Patch value meaning "remove this field" (test modules spell it out: they do not import
+from conftest)."""
 
 FILE = "t.yaml"
 LEADING = "---\n# an empty document, so the manifest under test is document 2\n---\n"
@@ -33,12 +43,12 @@ def patched(body: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, An
     for path, value in changes.items():
         tokens = _tokens(path)
         node: Any = out
-        for tok, nxt in zip(tokens, tokens[1:], strict=False):
+        for tok, nxt in itertools.pairwise(tokens):
             if isinstance(tok, str) and tok not in node:
                 node[tok] = [] if isinstance(nxt, int) else {}
             node = node[tok]
         last = tokens[-1]
-        if value is DELETE:
+        if isinstance(value, str) and value == DELETE:
             del node[last]
         elif isinstance(last, int) and isinstance(node, list) and last == len(node):
             node.append(copy.deepcopy(value))
@@ -52,6 +62,10 @@ class Api:
 
     file = FILE
 
+    @staticmethod
+    def patched(body: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        return patched(body, changes)
+
     def minimal(self, group: str, kind: str, **changes: Any) -> dict[str, Any]:
         info = find_kind(group, kind)
         assert info is not None, (group, kind)
@@ -61,7 +75,12 @@ class Api:
         return LEADING + "---\n".join(yaml.safe_dump(dict(b), sort_keys=False) for b in bodies)
 
     def ok(self, *bodies: Mapping[str, Any], ns: str = "default") -> list[Validated]:
-        return validate_all(load_text(self.text(*bodies), FILE), ns)
+        """Validate; every success is also checked to be idempotent."""
+        out = validate_all(load_text(self.text(*bodies), FILE), ns)
+        for v in out:
+            again = validate(LoadedDoc(v.source, v.obj), ns)
+            assert again.obj == v.obj, "normalisation must be idempotent"
+        return out
 
     def one(self, body: Mapping[str, Any], ns: str = "default") -> Validated:
         (v,) = self.ok(body, ns=ns)
@@ -80,9 +99,9 @@ class Api:
     @staticmethod
     def prefix(body: Mapping[str, Any], document: int = 2, default_ns: str = "default") -> str:
         """The message prefix the validator must use for ``body``."""
-        md = body.get("metadata") or {}
+        md = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         info = find_kind(str(body["apiVersion"]).rpartition("/")[0], str(body["kind"]))
-        name = md.get("name")
+        name = md.get("name") if isinstance(md.get("name"), str) else None
         if info is not None and info.namespaced:
             ident = f"{md.get('namespace') or default_ns}/{name}" if name else ""
         else:

@@ -77,7 +77,7 @@ def test_node_selector_and_unschedulable_event(cl: Cluster) -> None:
     cl.put("deployments.apps", deployment("pinned", node="node2"))
     assert cl.pods()[0]["spec"]["nodeName"] == "node2"
     cl.put("deployments.apps", deployment("nowhere", node="node9"))
-    stuck = [p for p in cl.pods() if p["metadata"]["name"].startswith("nowhere")][0]
+    stuck = next(p for p in cl.pods() if p["metadata"]["name"].startswith("nowhere"))
     cond = o.condition(stuck, "PodScheduled")
     assert cond and cond["status"] == "False" and "name=node9" in cond["message"]
     assert any(r == "FailedScheduling" for _, r, _ in cl.events)
@@ -85,7 +85,7 @@ def test_node_selector_and_unschedulable_event(cl: Cluster) -> None:
     node = cl.store.get("nodes", "", "node1")
     node["metadata"]["labels"]["name"] = "node9"
     cl.put("nodes", node)
-    stuck = [p for p in cl.pods() if p["metadata"]["name"].startswith("nowhere")][0]
+    stuck = next(p for p in cl.pods() if p["metadata"]["name"].startswith("nowhere"))
     assert stuck["spec"]["nodeName"] == "node1"
 
 

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from zeromesh.local.images import (ImageMissing, default_table, expand, image_key, parse_table,
-                                   resolve_command)
+from zeromesh.local.images import ImageMissing, default_table, expand, image_key, parse_table, resolve_command
 
 
 @pytest.mark.parametrize("image,key", [
@@ -61,7 +60,7 @@ def test_missing_image_explains() -> None:
     ("a: [\n", "invalid YAML"),
 ])
 def test_bad_tables_name_the_entry(text: str, msg: str) -> None:
-    with pytest.raises(ValueError, match="t.yaml") as e:
+    with pytest.raises(ValueError, match=r"t\.yaml") as e:
         parse_table(text, "t.yaml")
     assert msg in str(e.value)
 
