@@ -74,8 +74,8 @@ HEADERS = Obj({"request": _HEADER_OPS, "response": _HEADER_OPS})
 
 
 def _weights_post(field: str) -> Any:
-    """Istio (as zeromesh applies it): when any destination has a weight, the weights
-    of the route must sum to 100; several destinations need weights."""
+    """As current Istio validates it: weights are relative shares (they need not sum to
+    100), but several destinations must not all weigh 0."""
 
     def post(ctx: Ctx, route: dict[str, Any], path: str) -> None:
         dests = route.get(field)
@@ -84,21 +84,17 @@ def _weights_post(field: str) -> Any:
         weights = [d.get("weight") for d in dests]
         if not all(w is None or isinstance(w, int) for w in weights):
             return
-        given = [w for w in weights if w is not None]
-        total = sum(given)
-        if given and total != 100:
-            ctx.error(child(path, field), f"weights sum to {total}; when weights are given "
-                                          "they must sum to 100")
-        elif len(dests) > 1 and total == 0:
+        total = sum(w for w in weights if w is not None)
+        if len(dests) > 1 and total == 0:
             ctx.error(child(path, field), "total destination weight is 0; give each "
                                           "destination a weight (summing to 100)")
 
     return post
 
 
-_HTTP_ROUTE_DESTINATION = Obj({"destination": DESTINATION, "weight": integer(0, 100),
+_HTTP_ROUTE_DESTINATION = Obj({"destination": DESTINATION, "weight": integer(0, 2**31 - 1),
                                "headers": HEADERS}, required=("destination",))
-_ROUTE_DESTINATION = Obj({"destination": DESTINATION, "weight": integer(0, 100)},
+_ROUTE_DESTINATION = Obj({"destination": DESTINATION, "weight": integer(0, 2**31 - 1)},
                          required=("destination",))
 
 HTTP_MATCH = Obj({

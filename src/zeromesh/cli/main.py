@@ -173,7 +173,8 @@ def cmd_get(args: argparse.Namespace) -> int:
                 out_items += items
                 continue
             table = render_table(info.resource, items, wide=args.output == "wide",
-                                 all_namespaces=bool(args.all_namespaces and info.namespaced))
+                                 all_namespaces=bool(args.all_namespaces and info.namespaced),
+                                 show_labels=args.show_labels)
             if table:
                 if printed:
                     print()
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-A", "--all-namespaces", action="store_true")
     s.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
     s.add_argument("-l", "--selector", default=None)
+    s.add_argument("--show-labels", action="store_true")
     s.set_defaults(func=cmd_get)
 
     s = sub.add_parser("label", parents=[common, nsopt], help="set or remove labels")

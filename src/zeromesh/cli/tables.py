@@ -779,12 +779,21 @@ def _layout(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _labels_cell(obj: dict[str, Any], _: _Ctx) -> str:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
+LABELS = Column("LABELS", _labels_cell)
+
+
 def render_table(
     resource: str,
     objs: list[dict[str, Any]],
     *,
     wide: bool = False,
     all_namespaces: bool = False,
+    show_labels: bool = False,
     now: datetime | None = None,
 ) -> str:
     """The table `kubectl get <resource>` would print for `objs` ("" when there are none).
@@ -804,6 +813,8 @@ def render_table(
     columns = [col for col in spec.columns if wide or not col.wide]
     if all_namespaces and _namespaced(resource, spec, objs):
         columns.insert(0, NAMESPACE)
+    if show_labels:
+        columns.append(LABELS)
     ordered = sorted(objs, key=spec.sort_key) if spec.sort_key else objs
     rows = [[col.header for col in columns]]
     rows.extend([col.cell(obj, ctx) for col in columns] for obj in ordered)

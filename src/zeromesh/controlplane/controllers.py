@@ -81,7 +81,10 @@ class Controllers:
                     "apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": "default", "namespace": name, "uid": o.new_uid(),
                                  "creationTimestamp": o.now()}})
-            if nsobj.get("status", {}).get("phase") != "Active":
+            lbls = nsobj["metadata"].setdefault("labels", {})
+            if nsobj.get("status", {}).get("phase") != "Active" \
+                    or lbls.get("kubernetes.io/metadata.name") != name:
+                lbls["kubernetes.io/metadata.name"] = name   # as Kubernetes labels every namespace
                 nsobj["status"] = {"phase": "Active"}
                 self.store.put("namespaces", nsobj)
             return
