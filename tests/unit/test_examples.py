@@ -29,6 +29,6 @@ def test_vendored_demo_matches_the_reference() -> None:
 def test_vendored_demo_manifests_validate() -> None:
     files = sorted(p for p in VENDORED.glob("*.yaml")
                    if p.name not in ("kind-cluster.yaml", "zeromesh-images.yaml"))
-    assert len(files) == 10
+    assert len(files) == 9
     for f in files:
         validate_all(load_path(str(f)))
