@@ -129,7 +129,8 @@ def test_one_pod_change_recomputes_one_workload() -> None:
 
 def test_service_membership_follows_selector_changes() -> None:
     m = model(("namespaces", ns("ns1")), ("pods", pod("a", labels={"app": "x"})),
-              ("pods", pod("b", ip="10.244.1.3", labels={"app": "y"})), ("services", svc("s", selector={"app": "x"})))
+              ("pods", pod("b", ip="10.244.1.3", labels={"app": "y"})),
+              ("services", svc("s", selector={"app": "x"})))
     assert wl(m, "a").services == ("ns1/s",) and wl(m, "b").services == ()
     changes = m.update("services", svc("s", selector={"app": "y"}))
     assert set(changes.records["workload"]) == {"uid-ns1-a", "uid-ns1-b"}
@@ -145,7 +146,8 @@ def test_service_record_and_endpoints() -> None:
     assert s.ports[0].port == 80 and s.ports[0].target_port == 8080
     assert len(s.endpoints) == 1
     ep = s.endpoints[0]
-    assert (ep.workload_uid, ep.ip, dict(ep.ports), ep.ready) == ("uid-ns1-echo-1", "10.244.1.2", {80: 8080}, True)
+    assert (ep.workload_uid, ep.ip, dict(ep.ports), ep.ready) == \
+        ("uid-ns1-echo-1", "10.244.1.2", {80: 8080}, True)
     wire = to_wire(s)
     assert wire["endpoints"][0]["ports"] == {"80": 8080}
     removed = m.update("services", svc("echo"), deleted=True)
