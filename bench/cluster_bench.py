@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zeromesh
 from zeromesh.cli.client import ApiError, Client
+from zeromesh.local.state import RUN_ROOT
 
 STEP_TIMEOUT = 120.0      # seconds: any single step (up, down, apply→Ready, delete) is bounded
 POLL_INTERVAL = 0.010     # seconds between GETs of the pod list
@@ -266,10 +268,12 @@ class Clusters:
 
     def __init__(self) -> None:
         self.live: list[str] = []
+        self.made: list[str] = []
 
     def up(self, nodes: int) -> tuple[str, float]:
         name = new_cluster_name()
         self.live.append(name)      # recorded first: a half-made cluster is still torn down
+        self.made.append(name)
         elapsed = run_cli(name, "up", "--nodes", str(nodes), "--timeout", str(STEP_TIMEOUT),
                           timeout=STEP_TIMEOUT + 30)
         return name, elapsed
@@ -280,12 +284,37 @@ class Clusters:
         return elapsed
 
     def teardown_all(self) -> None:
+        """Take down every cluster still listed, then check nothing of them is left.
+
+        A second Ctrl-C or SIGTERM is ignored meanwhile: interrupting a `down` halfway is
+        exactly how namespaces and daemons would be left behind.
+        """
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.live:
+            print(f"tearing down {', '.join(self.live)}", file=sys.stderr, flush=True)
         for name in list(self.live):
             try:
                 self.down(name)
-                print(f"  tore down {name}", file=sys.stderr)
+                print(f"  tore down {name}", file=sys.stderr, flush=True)
             except BenchError as e:
-                print(f"  WARNING: teardown of {name} failed: {e}", file=sys.stderr)
+                print(f"  WARNING: teardown of {name} failed: {e}", file=sys.stderr, flush=True)
+        left = leftovers(self.made)
+        if left:
+            print(f"  WARNING: left behind: {', '.join(left)}; run `zeromesh --cluster NAME down`",
+                  file=sys.stderr, flush=True)
+
+
+def leftovers(names: Sequence[str]) -> list[str]:
+    """Runtime directories or network namespaces that still carry one of `names`."""
+    netns_dir = Path("/run/netns")
+    spaces = [p.name for p in netns_dir.iterdir()] if netns_dir.is_dir() else []
+    left = []
+    for name in names:
+        if (RUN_ROOT / name).exists():
+            left.append(str(RUN_ROOT / name))
+        left += [s for s in spaces if s.startswith(f"zm.{name}.")]
+    return left
 
 
 def measure_up_down(clusters: Clusters, nodes: int) -> UpDownRun:
@@ -307,10 +336,16 @@ def machine_info() -> dict[str, Any]:
     mem_kb = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(BENCH_DIR.parent), "rev-parse", "--short",
-                                 "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    source = Path(zeromesh.__file__).resolve().parent
+    repo = BENCH_DIR.parent
+    commit, dirty = "", []
+    if source.is_relative_to(repo):     # else: a snapshot on PYTHONPATH, named by --note
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            git = ["git", "-C", str(repo)]
+            commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"],
+                                   capture_output=True, text=True, timeout=10).stdout.splitlines()
     return {
         "hostname": socket.gethostname(),
         "cpu": cpu,
@@ -318,17 +353,18 @@ def machine_info() -> dict[str, Any]:
         "mem_gib": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "zeromesh_source": str(source),
         "commit": commit,
+        "src_uncommitted_changes": dirty,
         "loadavg_at_start": list(os.getloadavg()),
     }
 
 
 def other_clusters(mine: Sequence[str]) -> list[str]:
     """Clusters that are not ours but share the CPUs: they can skew the figures."""
-    root = Path("/run/zeromesh")
-    if not root.is_dir():
+    if not RUN_ROOT.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in mine)
+    return sorted(p.name for p in RUN_ROOT.iterdir() if p.is_dir() and p.name not in mine)
 
 
 def fmt(seconds: float) -> str:
@@ -374,8 +410,11 @@ def markdown(pod_rows: list[dict[str, Any]], pod_runs: list[PodRun],
     m = meta["machine"]
     out = [
         f"Date {meta['date']}, {m['cpus']} CPU(s) {m['cpu'] or '?'}, {m['mem_gib']} GiB, "
-        f"kernel {m['kernel']}, Python {m['python']}, commit {m['commit'] or '?'}; "
-        f"pod cluster: {meta['pod_cluster_nodes']} nodes.",
+        f"kernel {m['kernel']}, Python {m['python']}, "
+        f"source {m['commit'] or m['zeromesh_source']}"
+        f"{' + uncommitted changes' if m['src_uncommitted_changes'] else ''}; "
+        f"pod cluster: {meta['pod_cluster_nodes']} nodes."
+        + (f" Note: {meta['note']}" if meta["note"] else ""),
         "",
         "**Pods: apply → Ready** (per-pod figures pooled over all runs of a row)",
         "",
@@ -425,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON output (default bench/results/cluster.json, "
                         "cluster-quick.json with --quick)")
+    p.add_argument("--note", default="",
+                   help="free text recorded with the results (e.g. which source snapshot ran)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("error: the local cluster needs root", file=sys.stderr)
@@ -443,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "quick": args.quick,
+        "note": args.note,
         "pod_cluster_nodes": pod_cluster_nodes,
         "poll_interval_s": POLL_INTERVAL,
         "step_timeout_s": STEP_TIMEOUT,

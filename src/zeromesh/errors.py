@@ -37,3 +37,11 @@ class ClusterError(ZeromeshError):
 
 class NetnsError(ZeromeshError):
     """A namespace, link, route or nftables operation failed; carries the command and its stderr."""
+
+
+class IdentityError(ZeromeshError):
+    """A certificate, key or CA set is unusable; the message names the file or cert and the reason."""
+
+
+class CsrRefused(IdentityError):
+    """The CA refused a CSR (bad request or caller not entitled); on the wire: gRPC UNAUTHENTICATED."""

@@ -36,7 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     table = args.image_table or os.environ.get("ZEROMESH_IMAGE_TABLE")
     cfg = cluster.up(name, args.nodes, table, lambda m: print(f"  {m} ...", flush=True),
-                     timeout=args.timeout)
+                     timeout=args.timeout, ca_dir=args.ca_dir)
     flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
     print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
     print(f"""
@@ -391,6 +391,58 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodeagent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from zeromesh.nodeagent.agent import run
+    _setup_logging()
+    asyncio.run(run(_cluster(args), args.node))
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """istioctl proxy-status: every connected proxy and whether it has the latest config."""
+    res = _client(args).call("GET", "/v1/proxies")
+    rows = [["NAME", "KIND", "NODE", "IDENTITY", "SENT", "ACKED", "STATUS"]]
+    for px in res["proxies"]:
+        state = "SYNCED" if px["in_sync"] else ("NACKED" if px["last_nack"] else "STALE")
+        rows.append([px["name"], px["kind"], px["node"] or "-", px["identity"],
+                     px["sent_version"], px["acked_version"], state])
+    print(_layout(rows))
+    print(f"\ncontrol plane version {res['version']}; {len(res['proxies'])} proxies connected")
+    for px in res["proxies"]:
+        if px["last_nack"]:
+            print(f"  {px['name']} rejected {px['sent_version']}: {px['last_nack']}")
+    return 0
+
+
+def _layout(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def cmd_x_ca(args: argparse.Namespace) -> int:
+    res = _client(args).call("GET", "/v1/ca")
+    if args.output == "json":
+        print(json.dumps(res, indent=2))
+        return 0
+    root = res["root"]
+    print(f"trust domain: {res['trust_domain']}")
+    print(f"root:         {root['subject']} (serial {root['serial']}, expires {root['not_after']})"
+          f"{' [plug-in CA]' if res['plugin'] else ''}")
+    rows = [["TIME", "OUTCOME", "CALLER", "IDENTITY", "SERIAL / REASON"]]
+    for s in res["recent"][-args.limit:]:
+        rows.append([s["at"][:19], s["outcome"], s["caller"], s["identity"],
+                     s["serial"] if s["outcome"] == "signed" else s["reason"]])
+    print("\nrecent signings:")
+    print(_layout(rows))
+    if args.pem:
+        print()
+        print(root["pem"], end="")
+    return 0
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -415,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", parents=[common], help="start a local cluster")
     s.add_argument("--nodes", type=int, default=None, help="number of nodes (default 2)")
     s.add_argument("--image-table", default=None, help="YAML mapping images to host commands")
+    s.add_argument("--ca-dir", default=None,
+                   help="plug-in CA: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem")
     s.add_argument("--timeout", type=float, default=60.0)
     s.set_defaults(func=cmd_up)
 
@@ -469,6 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=60.0)
     s.set_defaults(func=cmd_wait)
 
+    s = sub.add_parser("ps", parents=[common], help="connected proxies and their config versions")
+    s.set_defaults(func=cmd_ps)
+
+    x = sub.add_parser("x", parents=[common], help="experimental and inspection commands")
+    xsub = x.add_subparsers(dest="xcommand", metavar="SUBCOMMAND")
+    s = xsub.add_parser("ca", parents=[common], help="the CA: root, trust domain, recent signings")
+    s.add_argument("-o", "--output", choices=["json"], default=None)
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--pem", action="store_true", help="also print the root certificate")
+    s.set_defaults(func=cmd_x_ca)
+
+    s = sub.add_parser("nodeagent", parents=[common], help=argparse.SUPPRESS)
+    s.add_argument("--node", required=True)
+    s.set_defaults(func=cmd_nodeagent)
     s = sub.add_parser("controlplane", parents=[common], help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_controlplane)
     s = sub.add_parser("runner", parents=[common], help=argparse.SUPPRESS)

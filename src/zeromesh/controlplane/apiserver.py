@@ -15,6 +15,7 @@ from aiohttp import web
 
 from zeromesh.controlplane import objects as o
 from zeromesh.controlplane.controllers import Controllers
+from zeromesh.controlplane.mesh import MeshService
 from zeromesh.controlplane.operations import Operations, Refused, docs_from_wire
 from zeromesh.controlplane.store import SqliteStore
 from zeromesh.controlplane.watch import WatchHub
@@ -39,6 +40,8 @@ class ControlPlane:
         self.ops = Operations(self.store, self.controllers)
         self.store.subscribe(self.hub.record)
         self.store.subscribe(self.controllers.on_change)
+        self.mesh = MeshService(cfg, paths, self.store, self._emit)
+        self.store.subscribe(self.mesh.on_change)
         self.heartbeats: dict[str, float] = {}
         self.started = time.monotonic()
 
@@ -147,6 +150,19 @@ def make_app(cp: ControlPlane) -> web.Application:
         return web.json_response({"cluster": cp.cfg.name, "nodes": cp.cfg.plan.node_names(),
                                   "revision": cp.store.revision(), "pid": os.getpid()})
 
+    @routes.get("/v1/proxies")
+    async def proxies(_: web.Request) -> web.Response:
+        return web.json_response({"version": cp.mesh.push.pushed_version or cp.mesh.version(),
+                                  "proxies": cp.mesh.push.proxies()})
+
+    @routes.get("/v1/ca")
+    async def ca(_: web.Request) -> web.Response:
+        return web.json_response(cp.mesh.ca_view())
+
+    @routes.get("/v1/mesh/{type}")
+    async def mesh_records(request: web.Request) -> web.Response:
+        return web.json_response(cp.mesh.records(request.match_info["type"]))
+
     @routes.get("/v1/config")
     async def config(_: web.Request) -> web.Response:
         return web.json_response({"name": cp.cfg.name, "nodes": cp.cfg.nodes,
@@ -249,6 +265,7 @@ async def serve(cluster: str) -> None:
         raise SystemExit(f"no cluster state at {paths.config}; run `zeromesh up --cluster {cluster}`")
     cp = ControlPlane(cfg, paths)
     cp.bootstrap()
+    await cp.mesh.start()
     app = make_app(cp)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
@@ -271,6 +288,7 @@ async def serve(cluster: str) -> None:
     ticker = asyncio.create_task(cp.tick())
     await stop.wait()
     ticker.cancel()
+    await cp.mesh.stop()
     await runner.cleanup()
     cp.store.close()
     with contextlib.suppress(FileNotFoundError):

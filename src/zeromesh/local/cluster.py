@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from zeromesh.netns import cmd, topology
 from zeromesh.samples import SAMPLES, sample_path
 
 REQUIRED_TOOLS = ("ip", "nft", "setpriv")
+PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 Progress = Callable[[str], None]
 
 
@@ -74,9 +76,39 @@ def _read_pid(paths: Paths, daemon: str) -> int | None:
 
 
 def _daemon_args(daemon: str) -> list[str]:
-    if daemon.startswith("runner-"):
-        return ["runner", "--node", daemon.removeprefix("runner-")]
+    for kind in ("runner", "nodeagent"):
+        if daemon.startswith(kind + "-"):
+            return [kind, "--node", daemon.removeprefix(kind + "-")]
     return [daemon]
+
+
+def free_port(preferred: int = 0) -> int:
+    """A loopback port for the control plane's proxy endpoint, kept across restarts if free."""
+    for port in ([preferred] if preferred else []) + [0]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return int(s.getsockname()[1])
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise ClusterError("no free loopback port")
+
+
+def _install_ca_plugin(paths: Paths, ca_dir: str) -> None:
+    """Istio's plug-in CA layout, copied into the root-only state directory."""
+    src = Path(ca_dir)
+    missing = [f for f in PLUGIN_FILES if not (src / f).is_file()]
+    if missing:
+        raise ClusterError(f"--ca-dir {ca_dir}: missing {', '.join(missing)} "
+                           f"(expected {', '.join(PLUGIN_FILES)})")
+    if paths.ca_plugin.exists():
+        shutil.rmtree(paths.ca_plugin)
+    paths.ca_plugin.mkdir(parents=True, mode=0o700)
+    for f in PLUGIN_FILES:
+        shutil.copyfile(src / f, paths.ca_plugin / f)
+        os.chmod(paths.ca_plugin / f, 0o600)
 
 
 def _marker(cluster: str, daemon: str) -> str:
@@ -116,7 +148,7 @@ def _install_samples(paths: Paths) -> None:
 
 
 def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progress,
-       timeout: float = 60.0) -> ClusterConfig:
+       timeout: float = 60.0, ca_dir: str | None = None) -> ClusterConfig:
     check_host()
     paths = Paths(cluster)
     cfg = load_config(paths)
@@ -143,6 +175,13 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
         if table is not None:
             cfg.image_table = table
         cfg.python = pod_python()
+    if ca_dir:
+        if (paths.ca / "root-cert.pem").exists() or paths.ca_plugin.exists():
+            raise ClusterError(f"cluster {cluster!r} already has a CA; `zeromesh down --cluster "
+                               f"{cluster}` first to start over with --ca-dir")
+        _install_ca_plugin(paths, ca_dir)
+    if not _daemon_running(paths, "controlplane"):
+        cfg.xds_port = free_port(cfg.xds_port)
     save_config(paths, cfg)
     plan = cfg.plan
     progress(f"creating network: underlay and {plan.nodes} node namespace(s)")
@@ -161,10 +200,10 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
             raise ClusterError(f"control plane did not start; see {paths.logs / 'controlplane.log'}")
         time.sleep(0.05)
     for node in plan.node_names():
-        daemon = f"runner-{node}"
-        if not _daemon_running(paths, daemon):
-            progress(f"starting {node}")
-            _start_daemon(paths, daemon)
+        for daemon in (f"runner-{node}", f"nodeagent-{node}"):
+            if not _daemon_running(paths, daemon):
+                progress(f"starting {daemon.replace('-', ' on ', 1) if 'agent' in daemon else node}")
+                _start_daemon(paths, daemon)
     waiting: set[str] = set(plan.node_names())
     shown = ""
     while waiting:
@@ -182,6 +221,21 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
         if time.monotonic() > deadline:
             raise ClusterError(f"nodes not ready after {timeout:.0f}s: {', '.join(sorted(waiting))};"
                                f" see {paths.logs}")
+        time.sleep(0.05)
+    agents = {f"nodeagent~{n}~ztunnel-{n}" for n in plan.node_names()}
+    shown = ""
+    while True:
+        synced = {px["id"] for px in client.call("GET", "/v1/proxies")["proxies"] if px["in_sync"]}
+        waiting = agents - synced
+        if not waiting:
+            break
+        msg = f"waiting for node agents: {', '.join(sorted(w.split('~')[1] for w in waiting))}"
+        if msg != shown:
+            progress(msg)
+            shown = msg
+        if time.monotonic() > deadline:
+            raise ClusterError(f"node agents not in sync after {timeout:.0f}s: "
+                               f"{', '.join(sorted(waiting))}; see {paths.logs}")
         time.sleep(0.05)
     return cfg
 
@@ -205,9 +259,10 @@ def down(cluster: str, keep_state: bool, progress: Progress) -> None:
     paths = Paths(cluster)
     prefix = f"zm.{cluster}."
     daemons = sorted(p.stem for p in paths.pids.glob("*.pid")) if paths.pids.exists() else []
-    runners = [d for d in daemons if d != "controlplane"]
+    runners = sorted((d for d in daemons if d != "controlplane"),
+                     key=lambda d: not d.startswith("nodeagent"))
     if runners:
-        progress(f"stopping {len(runners)} node runner(s) and their pods")
+        progress(f"stopping {len(runners)} node daemon(s) and their pods")
     for d in runners:
         pid = _read_pid(paths, d)
         if pid is not None:

@@ -480,6 +480,7 @@ class Runner:
             mine = {p["metadata"]["uid"]: p for p in self.objs["pods"].values()
                     if p.get("spec", {}).get("nodeName") == self.node
                     and p.get("status", {}).get("podIP")}
+            starting: list[PodRuntime] = []
             for uid, pod in mine.items():
                 rt = self.pods.get(uid)
                 if o.is_terminating(pod):
@@ -489,18 +490,23 @@ class Runner:
                 elif rt is None:
                     rt = PodRuntime(self, pod)
                     self.pods[uid] = rt
-                    try:
-                        await rt.start()
-                    except NetnsError as e:
-                        log.error("pod %s: network setup failed: %s", rt.key, e)
-                        await self.event(pod, "Warning", "FailedCreatePodSandBox", str(e))
+                    starting.append(rt)
                 else:
                     rt.obj = pod
+            # Sandboxes are independent: set them up side by side, not one after another.
+            await asyncio.gather(*(self._start_pod(rt) for rt in starting))
             for uid in [u for u in self.pods if u not in mine]:
                 rt = self.pods.pop(uid)
                 self._spawn(rt.stop())
         self._rebuild_dns()
         self._rules_dirty.set()
+
+    async def _start_pod(self, rt: PodRuntime) -> None:
+        try:
+            await rt.start()
+        except NetnsError as e:
+            log.error("pod %s: network setup failed: %s", rt.key, e)
+            await self.event(rt.obj, "Warning", "FailedCreatePodSandBox", str(e))
 
     async def _remove(self, uid: str, pod: dict[str, Any]) -> None:
         rt = self.pods.pop(uid, None)

@@ -22,6 +22,8 @@ class ClusterConfig:
     nodes: int
     image_table: dict[str, Any] = field(default_factory=dict)
     python: str = ""          # interpreter pod processes can run (sample apps)
+    trust_domain: str = "cluster.local"
+    xds_port: int = 0         # the control plane's mTLS port for proxies on the host's loopback
 
     @property
     def plan(self) -> ClusterPlan:
@@ -71,6 +73,27 @@ class Paths:
     def samples(self) -> Path:
         """World-readable copy of the sample apps: pod processes run as an unprivileged user."""
         return self.run / "samples"
+
+    @property
+    def ca(self) -> Path:
+        """The CA's own files (self-signed root, or the plug-in CA copied at `up --ca-dir`)."""
+        return self.state / "ca"
+
+    @property
+    def ca_plugin(self) -> Path:
+        return self.state / "ca-plugin"
+
+    @property
+    def tls(self) -> Path:
+        """The control plane's serving certificate and the trust bundle proxies verify it with."""
+        return self.state / "tls"
+
+    @property
+    def root_cert(self) -> Path:
+        return self.tls / "root-cert.pem"
+
+    def node_credential(self, node: str) -> Path:
+        return self.state / "nodes" / node
 
     def pod_log(self, namespace: str, pod: str, container: str) -> Path:
         return self.pod_logs / namespace / pod / f"{container}.log"

@@ -19,6 +19,11 @@ from zeromesh.netns.cmd import ip_batch, list_netns, run, sysctl
 ETC_NETNS = "/etc/netns"
 
 
+def bridge_mac(index: int) -> str:
+    """A stable, locally administered MAC for a node's pod bridge."""
+    return f"02:7a:6d:00:{index >> 8 & 0xff:02x}:{index & 0xff:02x}"
+
+
 def exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 
@@ -54,7 +59,10 @@ def create_node(plan: ClusterPlan, node: str) -> None:
             f"link add uplink type veth peer name {node} netns {plan.underlay_netns}",
             f"addr add {plan.node_underlay_ip(node)}/{UNDERLAY_CIDR.prefixlen} dev uplink",
             "link set uplink up",
-            "link add cni0 type bridge",
+            # A bridge otherwise takes the lowest MAC of its ports, so it would change as
+            # pods come and go, leaving pods with a stale gateway MAC (as the CNI bridge
+            # plugin does, pin it).
+            f"link add cni0 address {bridge_mac(plan.node_index(node))} type bridge",
             f"addr add {gw}/{cidr.prefixlen} dev cni0",
             "link set cni0 up",
             # Service addresses are local here: with no translation rule they reach

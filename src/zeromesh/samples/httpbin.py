@@ -40,6 +40,7 @@ import os
 import random
 import signal
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -329,6 +330,12 @@ class HttpbinServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 1024
+
+    def server_bind(self) -> None:
+        """Skip HTTPServer's getfqdn(): a DNS lookup before listening only delays start-up."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Ignore peers that vanish; print anything else once."""

@@ -1,0 +1,205 @@
+"""The mesh side of the control plane: model, CA, credentials, push listeners, status write-back.
+
+Store changes feed the model; the model's derived changes go to the push
+server; problems the model finds become status conditions on the resource
+that caused them (or an event, for pods, whose status belongs to their runner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from zeromesh.controlplane import objects as o
+from zeromesh.controlplane.model import GATEWAYS, INPUT_RESOURCES, MeshModel, Problem, to_wire
+from zeromesh.controlplane.pushserver import PushServer, server_tls
+from zeromesh.controlplane.store import SqliteStore
+from zeromesh.identity.ca import CertificateAuthority
+from zeromesh.identity.certs import generate_key, load_chain, refresh_at
+from zeromesh.identity.files import write_credential
+from zeromesh.identity.spiffe import NodeId
+from zeromesh.local.state import ClusterConfig, Paths
+from zeromesh.netns.enter import call_in_netns
+
+log = logging.getLogger("zeromesh.mesh")
+
+XDS_PORT_IN_NODES = 15012      # istiod's port; pods (waypoints) reach it at their node's address
+NODE_CREDENTIAL_TTL = dt.timedelta(days=30)
+SERVER_NAME = "istiod.istio-system.svc"
+WAYPOINT_CONDITION = "istio.io/WaypointBound"
+
+
+class MeshService:
+    def __init__(self, cfg: ClusterConfig, paths: Paths, store: SqliteStore,
+                 emit: Callable[[dict[str, Any], str, str, str], None]) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.store = store
+        self.emit = emit
+        self.model = MeshModel(cfg.trust_domain)
+        plugin = paths.ca_plugin if paths.ca_plugin.exists() else None
+        self.ca = CertificateAuthority.load_or_create(paths.ca, cfg.trust_domain, plugin_dir=plugin)
+        self.push = PushServer(self.model, self.ca, self.version, self._pods_on_node, self._pod)
+        self._runners: list[web.AppRunner] = []
+        self._loaded = False
+
+    def version(self) -> str:
+        return str(self.store.revision())
+
+    def _pods_on_node(self, node: str) -> set[tuple[str, str]]:
+        return {(p["metadata"]["namespace"], p.get("spec", {}).get("serviceAccountName") or "default")
+                for p in self.store.iter_raw("pods")
+                if p.get("spec", {}).get("nodeName") == node and not o.is_terminating(p)}
+
+    def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.store.get("pods", namespace, name)
+
+    # ---- store -> model -> push ------------------------------------------------------
+    def on_change(self, type_: str, resource: str, obj: dict[str, Any]) -> None:
+        if not self._loaded or resource not in INPUT_RESOURCES:
+            return
+        changes = self.model.update(resource, obj, deleted=type_ == "DELETED")
+        problems = changes.records.pop("problem", {})
+        self.push.changed(changes.records)
+        if problems:
+            asyncio.get_running_loop().call_soon(self._write_problems, problems)
+
+    def _write_problems(self, problems: dict[str, Problem | None]) -> None:
+        for key, prob in problems.items():
+            resource, ns, name = key.split("/", 2)
+            try:
+                self._write_problem(resource, ns, name, prob)
+            except Exception:
+                log.exception("could not record status for %s", key)
+
+    def _write_problem(self, resource: str, ns: str, name: str, prob: Problem | None) -> None:
+        if prob is not None:
+            log.warning("%s %s/%s: %s: %s", resource, ns, name, prob.reason, prob.message)
+        obj = self.store.get(resource, ns, name)
+        if obj is None:
+            return
+        if resource == "pods":
+            if prob is not None:
+                self.emit(obj, "Warning", prob.reason, prob.message)
+            return
+        status = obj.setdefault("status", {})
+        if resource == GATEWAYS:
+            ok = prob is None
+            changed = o.set_condition(status, "Accepted", "True" if ok else "False",
+                                      "Accepted" if ok else prob.reason, "" if ok else prob.message)
+        elif prob is None:
+            conds = status.get("conditions") or []
+            kept = [c for c in conds if c.get("type") != WAYPOINT_CONDITION]
+            changed = len(kept) != len(conds)
+            status["conditions"] = kept
+        else:
+            changed = o.set_condition(status, WAYPOINT_CONDITION, "False", prob.reason, prob.message)
+        if changed:
+            self.store.put(resource, obj)
+
+    # ---- credentials --------------------------------------------------------------------
+    def _ensure_credentials(self) -> None:
+        """Node credentials are issued when a node joins and renewed past half-life."""
+        now = dt.datetime.now(dt.UTC)
+        self.paths.tls.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths.root_cert.write_text(self.ca.trust_bundle_pem())
+        for node in self.cfg.plan.node_names():
+            d = self.paths.node_credential(node)
+            if self._fresh(d / "node-chain.pem", now):
+                continue
+            key = generate_key()
+            signed = self.ca.issue(key.public_key(), NodeId(self.cfg.trust_domain, node).uri,
+                                   NODE_CREDENTIAL_TTL)
+            write_credential(d, "node", key, signed.chain_pem)
+            log.info("issued node credential for %s (serial %s)", node, signed.serial)
+        if not self._fresh(self.paths.tls / "server-chain.pem", now):
+            key = generate_key()
+            ips = [ipaddress.ip_address("127.0.0.1")] + [
+                ipaddress.ip_address(str(self.cfg.plan.node_gateway(n)))
+                for n in self.cfg.plan.node_names()]
+            signed = self.ca.issue(
+                key.public_key(),
+                f"spiffe://{self.cfg.trust_domain}/ns/istio-system/sa/istiod",
+                NODE_CREDENTIAL_TTL, dns_names=[SERVER_NAME, "istiod.istio-system.svc.cluster.local"],
+                ips=ips, server=True)
+            write_credential(self.paths.tls, "server", key, signed.chain_pem)
+
+    @staticmethod
+    def _fresh(chain_file: Any, now: dt.datetime) -> bool:
+        try:
+            leaf = load_chain(chain_file.read_bytes())[0]
+        except (OSError, ValueError, IndexError):
+            return False
+        return refresh_at(leaf) > now
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self._ensure_credentials()
+        objs = [(r, obj) for r in INPUT_RESOURCES for obj in self.store.list(r)]
+        changes = self.model.load(objs)
+        self._loaded = True
+        problems = changes.records.pop("problem", {})
+        if problems:
+            self._write_problems(problems)
+        tls = server_tls(str(self.paths.tls / "server-chain.pem"), str(self.paths.tls / "server-key.pem"),
+                         str(self.paths.root_cert))
+        app = self.push.app()
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        self._runners.append(runner)
+        host = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        host.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        host.bind(("127.0.0.1", self.cfg.xds_port))
+        await web.SockSite(runner, host, ssl_context=tls).start()
+        for node in self.cfg.plan.node_names():
+            gw = str(self.cfg.plan.node_gateway(node))
+
+            def make(gw: str = gw) -> socket.socket:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((gw, XDS_PORT_IN_NODES))
+                return s
+            try:
+                sock = await asyncio.to_thread(call_in_netns, self.cfg.plan.node_netns(node), make)
+            except OSError as e:
+                log.error("no push listener in %s: %s", node, e)
+                continue
+            await web.SockSite(runner, sock, ssl_context=tls).start()
+        log.info("push/CA endpoint on 127.0.0.1:%d and <node>:%d; %d workloads, %d services",
+                 self.cfg.xds_port, XDS_PORT_IN_NODES, len(self.model.workloads),
+                 len(self.model.services))
+
+    async def stop(self) -> None:
+        for r in self._runners:
+            with contextlib.suppress(Exception):
+                await r.cleanup()
+
+    # ---- views -----------------------------------------------------------------------------
+    def ca_view(self) -> dict[str, Any]:
+        root = load_chain(self.ca.root_pem.encode())[0]
+        return {
+            "trust_domain": self.cfg.trust_domain,
+            "root": {"subject": root.subject.rfc4514_string(),
+                     "serial": format(root.serial_number, "x"),
+                     "not_after": root.not_valid_after_utc.isoformat(),
+                     "pem": self.ca.root_pem},
+            "plugin": self.paths.ca_plugin.exists(),
+            "recent": [{"at": s.at.isoformat(), "caller": s.caller, "identity": s.identity,
+                        "outcome": s.outcome, "reason": s.reason, "serial": s.serial,
+                        "not_after": s.not_after.isoformat() if s.not_after else ""}
+                       for s in self.ca.recent(100)],
+        }
+
+    def records(self, type_: str) -> dict[str, Any]:
+        snap = self.model.snapshot()
+        if type_ == "problems":
+            return {"/".join(k): to_wire(v) for k, v in self.model.problems.items()}
+        return {k: to_wire(v) for k, v in snap.get(type_, {}).items()}
