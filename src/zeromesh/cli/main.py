@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="zeromesh", parents=[common],
                                 description="A sidecarless service mesh that runs Istio ambient YAML.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     s = sub.add_parser("up", parents=[common], help="start a local cluster")
     s.add_argument("--nodes", type=int, default=None, help="number of nodes (default 2)")
@@ -547,7 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # kubectl accepts flags between positionals (`label svc echo -n ns k=v`): argparse leaves
+    # the positionals after a flag over; hand them to the command's list argument.
+    list_arg = {"label": "items", "get": "names", "delete": "names", "wait": "names"}.get(
+        getattr(args, "cmd", "") or "")
+    if extra and list_arg and not any(e.startswith("-") for e in extra):
+        getattr(args, list_arg).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -172,7 +172,8 @@ def make_app(cp: ControlPlane) -> web.Application:
     async def apply(request: web.Request) -> web.Response:
         body = await request.json()
         res = cp.ops.apply(docs_from_wire(body["documents"]), body.get("namespace") or "default")
-        return web.json_response({"results": res.results, "warnings": res.warnings})
+        return web.json_response({"results": res.results, "warnings": res.warnings,
+                                  "revision": cp.store.revision()})
 
     @routes.post("/v1/delete-documents")
     async def delete_docs(request: web.Request) -> web.Response:

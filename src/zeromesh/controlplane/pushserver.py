@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from cryptography import x509
 
 from zeromesh.controlplane.model import MeshModel, to_wire
@@ -162,8 +162,10 @@ class PushServer:
                                 answer.error)
         except (p.ProtocolError, PermissionError) as e:
             log.warning("closing stream from %s: %s", caller.uri, e)
+            code = WSCloseCode.POLICY_VIOLATION if isinstance(e, PermissionError) \
+                else WSCloseCode.PROTOCOL_ERROR
             with contextlib.suppress(Exception):
-                await ws.close(message=str(e).encode()[:120])
+                await ws.close(code=code, message=str(e).encode()[:120])
         except TimeoutError:
             with contextlib.suppress(Exception):
                 await ws.close(message=b"no hello within 10s")

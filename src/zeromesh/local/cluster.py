@@ -86,6 +86,7 @@ def free_port(preferred: int = 0) -> int:
     """A loopback port for the control plane's proxy endpoint, kept across restarts if free."""
     for port in ([preferred] if preferred else []) + [0]:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds it
         try:
             s.bind(("127.0.0.1", port))
             return int(s.getsockname()[1])

@@ -314,7 +314,7 @@ class PodRuntime:
                 os.kill(pid, signal.SIGKILL)
         plan = self.runner.plan
         await asyncio.to_thread(topology.delete_pod, self.netns,
-                                plan.node_netns(self.runner.node), veth_name(self.uid))
+                                plan.node_netns(self.runner.node), veth_name(self.uid), self.ip)
 
 
 class Runner:

@@ -95,6 +95,9 @@ def create_pod(pod: PodNetwork) -> None:
     _write_etc(pod.netns, pod.resolv_conf, pod.hosts)
     if exists(pod.netns):
         return
+    # An address reused by a new pod comes with a new MAC: forget the old neighbour entry,
+    # or the node keeps sending to a veth that no longer exists until the entry ages out.
+    forget_neighbour(pod.node_netns, str(pod.ip))
     _add(pod.netns)
     try:
         sysctl(pod.netns, {
@@ -131,9 +134,16 @@ def _write_etc(netns: str, resolv_conf: str, hosts: str) -> None:
         os.replace(tmp, path)
 
 
-def delete_pod(netns: str, node_netns: str, veth: str) -> None:
+def forget_neighbour(node_netns: str, ip: str) -> None:
+    if exists(node_netns):
+        run(["ip", "-n", node_netns, "neigh", "flush", "to", ip], check=False)
+
+
+def delete_pod(netns: str, node_netns: str, veth: str, ip: str | None = None) -> None:
     if exists(node_netns):
         run(["ip", "-n", node_netns, "link", "del", veth], check=False)
+        if ip:
+            forget_neighbour(node_netns, ip)
     delete_netns(netns)
 
 

@@ -36,8 +36,12 @@ async def run(cluster: str, node: str) -> None:
     if cfg is None:
         raise SystemExit(f"no cluster state at {paths.config}")
     cred = paths.node_credential(node)
+    def url() -> str:
+        current = load_config(paths) or cfg
+        return f"https://127.0.0.1:{current.xds_port}/v1/stream"
+
     client = PushClient(
-        f"https://127.0.0.1:{cfg.xds_port}/v1/stream",
+        url,
         lambda: client_tls(str(cred / "node-chain.pem"), str(cred / "node-key.pem"),
                            str(paths.root_cert)),
         p.Hello(p.NODE_AGENT, f"ztunnel-{node}", node), validate=validate,

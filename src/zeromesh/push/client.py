@@ -37,10 +37,10 @@ def client_tls(cert_file: str, key_file: str, root_file: str) -> ssl.SSLContext:
 
 
 class PushClient:
-    def __init__(self, url: str, tls: Callable[[], ssl.SSLContext], hello: p.Hello,
+    def __init__(self, url: str | Callable[[], str], tls: Callable[[], ssl.SSLContext], hello: p.Hello,
                  validate: Callable[[Mapping[str, Mapping[str, Any]]], None] | None = None,
                  on_state: Callable[[State, str], Awaitable[None] | None] | None = None) -> None:
-        self.url = url
+        self._url = url
         self.tls = tls
         self.hello = hello
         self.validate = validate
@@ -51,6 +51,11 @@ class PushClient:
         self.updates = 0
         self.rejected = 0
         self.synced = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        """Looked up again at every (re)connection: the control plane may have moved."""
+        return self._url() if callable(self._url) else self._url
 
     async def run(self) -> None:
         delay = 0.1
