@@ -252,3 +252,19 @@ def test_proxies_keep_their_config_while_the_control_plane_is_away(meshed: Clust
     log = (paths.logs / "nodeagent-node1.log").read_text()
     assert "retrying" in log and log.count("push stream to") >= 2
     assert meshed.curl("sample-client", "deploy/curl", "http://echo.sample-server").returncode == 0
+
+
+def test_pod_bootstrap_credential_obtains_only_its_own_identity(meshed: Cluster, tmp_path: Path) -> None:
+    pod = next(p["metadata"]["name"] for p in meshed.pods("sample-server")
+               if p["metadata"]["name"].startswith("echo-"))
+    cred = Client(meshed.name).call("POST", "/v1/bootstrap-credential",
+                                    {"namespace": "sample-server", "pod": pod})
+    assert cred["identity"] == f"spiffe://cluster.local/zeromesh/pod/sample-server/{pod}/sa/echo"
+    (tmp_path / "chain.pem").write_text("".join(cred["cert_chain"]))
+    (tmp_path / "key.pem").write_text(cred["key_pem"])
+    ctx = ssl.create_default_context(cafile=str(Paths(meshed.name).root_cert))
+    ctx.load_cert_chain(str(tmp_path / "chain.pem"), str(tmp_path / "key.pem"))
+    status, body = request_cert(meshed, ctx, "spiffe://cluster.local/ns/sample-server/sa/echo")
+    assert status == 200, body
+    status, body = request_cert(meshed, ctx, "spiffe://cluster.local/ns/sample-client/sa/curl")
+    assert status == 403 and "may only obtain its own identity" in body["error"]

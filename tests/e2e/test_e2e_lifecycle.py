@@ -123,3 +123,69 @@ def test_commands_against_a_stopped_cluster_say_how_to_start_it() -> None:
     finally:
         c.down()
     assert leftovers(c.name) == []
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def test_plug_in_ca_signs_workload_certificates(new_cluster: Cluster, tmp_path: Path) -> None:
+    """Istio's plug-in CA layout, made with openssl as Istio's docs do: root -> intermediate."""
+    d = tmp_path
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "root-key.pem", cwd=d)
+    _openssl("req", "-x509", "-new", "-key", "root-key.pem", "-subj", "/O=Example/CN=Example Root CA",
+             "-days", "30", "-out", "root-cert.pem",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca-key.pem", cwd=d)
+    _openssl("req", "-new", "-key", "ca-key.pem", "-subj", "/O=Example/CN=Example Intermediate CA",
+             "-out", "ca.csr", cwd=d)
+    (d / "ext.cnf").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    _openssl("x509", "-req", "-in", "ca.csr", "-CA", "root-cert.pem", "-CAkey", "root-key.pem",
+             "-CAcreateserial", "-days", "20", "-out", "ca-cert.pem", "-extfile", "ext.cnf", cwd=d)
+    (d / "cert-chain.pem").write_text((d / "ca-cert.pem").read_text() + (d / "root-cert.pem").read_text())
+    plugin = d / "plugin"
+    plugin.mkdir()
+    for f in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+        (plugin / f).write_bytes((d / f).read_bytes())
+
+    new_cluster.up(2, "--ca-dir", str(plugin))
+    out = new_cluster.z("x", "ca").stdout
+    assert "Example Root CA" in out and "[plug-in CA]" in out
+    new_cluster.apply(EXAMPLES / "client.yaml")
+    new_cluster.wait_ready("sample-client", count=1)
+
+    import http.client
+    import ssl
+
+    from zeromesh.identity.certs import generate_key, make_csr
+    from zeromesh.local.state import Paths, load_config
+    paths = Paths(new_cluster.name)
+    ctx = ssl.create_default_context(cafile=str(paths.root_cert))
+    cred = paths.node_credential("node1")
+    ctx.load_cert_chain(str(cred / "node-chain.pem"), str(cred / "node-key.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", load_config(paths).xds_port, context=ctx, timeout=10)
+    conn.request("POST", "/v1/certificates", body=json.dumps(
+        {"csr": make_csr(generate_key(), "spiffe://cluster.local/ns/sample-client/sa/curl").decode()}))
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 200, body
+    chain = body["cert_chain"]
+    assert chain[-1].strip() == (d / "root-cert.pem").read_text().strip()
+    assert chain[1].strip() == (d / "ca-cert.pem").read_text().strip()
+    (d / "leaf.pem").write_text(chain[0])
+    r = subprocess.run(["openssl", "verify", "-CAfile", str(d / "root-cert.pem"), "-untrusted",
+                        str(d / "ca-cert.pem"), str(d / "leaf.pem")], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # A broken plug-in directory is refused before anything is made.
+    other = Cluster(unique_name())
+    try:
+        (d / "bad").mkdir()
+        (d / "bad" / "ca-cert.pem").write_text("x")
+        r2 = other.z("up", "--ca-dir", str(d / "bad"), check=False)
+        assert r2.returncode == 1 and "missing ca-key.pem" in r2.stderr
+    finally:
+        other.down()
+    assert leftovers(other.name) == []

@@ -159,6 +159,14 @@ def make_app(cp: ControlPlane) -> web.Application:
     async def ca(_: web.Request) -> web.Response:
         return web.json_response(cp.mesh.ca_view())
 
+    @routes.post("/v1/bootstrap-credential")
+    async def bootstrap_credential(request: web.Request) -> web.Response:
+        b = await request.json()
+        try:
+            return web.json_response(cp.mesh.bootstrap_credential(b["namespace"], b["pod"]))
+        except LookupError as e:
+            raise NotFound(str(e)) from e
+
     @routes.get("/v1/mesh/{type}")
     async def mesh_records(request: web.Request) -> web.Response:
         return web.json_response(cp.mesh.records(request.match_info["type"]))

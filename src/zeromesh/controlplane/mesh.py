@@ -23,9 +23,9 @@ from zeromesh.controlplane.model import GATEWAYS, INPUT_RESOURCES, MeshModel, Pr
 from zeromesh.controlplane.pushserver import PushServer, server_tls
 from zeromesh.controlplane.store import SqliteStore
 from zeromesh.identity.ca import CertificateAuthority
-from zeromesh.identity.certs import generate_key, load_chain, refresh_at
+from zeromesh.identity.certs import generate_key, load_chain, pem, refresh_at
 from zeromesh.identity.files import write_credential
-from zeromesh.identity.spiffe import NodeId
+from zeromesh.identity.spiffe import NodeId, PodId
 from zeromesh.local.state import ClusterConfig, Paths
 from zeromesh.netns.enter import call_in_netns
 
@@ -131,6 +131,20 @@ class MeshService:
                 NODE_CREDENTIAL_TTL, dns_names=[SERVER_NAME, "istiod.istio-system.svc.cluster.local"],
                 ips=ips, server=True)
             write_credential(self.paths.tls, "server", key, signed.chain_pem)
+
+    def bootstrap_credential(self, namespace: str, pod: str) -> dict[str, Any]:
+        """A waypoint or gateway pod's credential for the control plane, bound to the pod and its
+        service account; the runtime hands it to the pod (the CA then gives that pod only its own
+        identity). The private key is generated here and returned once, over the root-only socket."""
+        obj = self.store.get("pods", namespace, pod)
+        if obj is None or o.is_terminating(obj):
+            raise LookupError(f"pod {namespace}/{pod} not found")
+        sa = obj.get("spec", {}).get("serviceAccountName") or "default"
+        key = generate_key()
+        signed = self.ca.issue(key.public_key(), PodId(self.cfg.trust_domain, namespace, pod, sa).uri,
+                               dt.timedelta(hours=24))
+        return {"key_pem": pem(key), "cert_chain": signed.chain_pem, "identity": signed.identity,
+                "root_pem": self.ca.trust_bundle_pem(), "xds_port": self.cfg.xds_port}
 
     @staticmethod
     def _fresh(chain_file: Any, now: dt.datetime) -> bool:
