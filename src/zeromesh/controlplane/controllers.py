@@ -33,6 +33,7 @@ class Controllers:
         self.plan = plan
         self.emit_event = emit_event
         self.queue: dict[Work, None] = {}
+        self._pod_labels: dict[tuple[str, str], dict[str, str]] = {}
 
     # ---- feeding -------------------------------------------------------
     def on_change(self, type_: str, resource: str, obj: Obj) -> None:
@@ -43,7 +44,15 @@ class Controllers:
             q[("service", ns, name)] = None
         elif resource == "pods":
             q[("pod", ns, name)] = None
-            q[("endpoints-ns", ns, "")] = None
+            # Only services selecting the pod before or after this change need new endpoints.
+            old = self._pod_labels.pop((ns, name), {})
+            new = {} if type_ == "DELETED" else dict(md.get("labels") or {})
+            if type_ != "DELETED":
+                self._pod_labels[(ns, name)] = new
+            for svc in self.store.iter_raw("services", ns):
+                sel = svc.get("spec", {}).get("selector")
+                if o.map_matches(sel, old) or o.map_matches(sel, new):
+                    q[("endpoints", ns, svc["metadata"]["name"])] = None
             for ref in md.get("ownerReferences") or []:
                 if ref.get("kind") == "Deployment":
                     q[("deployment", ns, ref["name"])] = None
@@ -127,14 +136,18 @@ class Controllers:
         changed = False
         if not spec.get("nodeName"):
             owner = _owner_uid(pod)
-            views = []
-            for n in self.store.list("nodes"):
-                bound = [p for p in self.store.iter_raw("pods")
-                         if p.get("spec", {}).get("nodeName") == n["metadata"]["name"]]
-                views.append(NodeView(
-                    name=n["metadata"]["name"], labels=o.labels(n), ready=_node_ready(n),
-                    pods=len(bound),
-                    same_owner_pods=sum(1 for p in bound if owner and _owner_uid(p) == owner)))
+            counts: dict[str, int] = {}
+            siblings: dict[str, int] = {}
+            for p in self.store.iter_raw("pods"):
+                n = p.get("spec", {}).get("nodeName")
+                if n:
+                    counts[n] = counts.get(n, 0) + 1
+                    if owner and _owner_uid(p) == owner:
+                        siblings[n] = siblings.get(n, 0) + 1
+            views = [NodeView(name=n["metadata"]["name"], labels=o.labels(n), ready=_node_ready(n),
+                              pods=counts.get(n["metadata"]["name"], 0),
+                              same_owner_pods=siblings.get(n["metadata"]["name"], 0))
+                     for n in self.store.iter_raw("nodes")]
             choice = schedule(spec.get("nodeSelector") or {}, views)
             if isinstance(choice, Unschedulable):
                 status.setdefault("phase", "Pending")
@@ -181,7 +194,7 @@ class Controllers:
     # ---- deployments -----------------------------------------------------
     def _reconcile_deployment(self, ns: str, name: str) -> None:
         dep = self.store.get("deployments.apps", ns, name)
-        owned = [p for p in self.store.list("pods", ns) if _owned_by(p, name, dep)]
+        owned = [copy.deepcopy(p) for p in self.store.iter_raw("pods", ns) if _owned_by(p, name, dep)]
         if dep is None or o.is_terminating(dep):
             for p in owned:
                 self.delete_pod(p)
@@ -201,7 +214,7 @@ class Controllers:
         for _ in range(want - len(current)):
             self._create_pod(dep, template, thash)
         # Status
-        pods = [p for p in self.store.list("pods", ns) if _owned_by(p, name, dep)
+        pods = [p for p in self.store.iter_raw("pods", ns) if _owned_by(p, name, dep)
                 and not o.is_terminating(p)]
         updated = [p for p in pods if o.labels(p).get("pod-template-hash") == thash]
         ready = [p for p in pods if o.is_ready(p)]
@@ -271,10 +284,6 @@ class Controllers:
             self.store.put("services", svc)
         self._reconcile_endpoints(ns, name)
 
-    def _reconcile_endpoints_ns(self, ns: str, _: str) -> None:
-        for svc in self.store.list("services", ns):
-            self._reconcile_endpoints(ns, svc["metadata"]["name"])
-
     def _reconcile_endpoints(self, ns: str, name: str) -> None:
         svc = self.store.get("services", ns, name)
         if svc is None:
@@ -282,8 +291,7 @@ class Controllers:
         selector = svc.get("spec", {}).get("selector")
         if not selector:
             return      # selector-less services keep user-managed Endpoints
-        subsets = endpoint_subsets(svc, [p for p in self.store.iter_raw("pods")
-                                         if p["metadata"].get("namespace") == ns])
+        subsets = endpoint_subsets(svc, list(self.store.iter_raw("pods", ns)))
         old = self.store.get("endpoints", ns, name)
         if old is not None and old.get("subsets", []) == subsets:
             return

@@ -51,6 +51,7 @@ class SqliteStore:
         self._rev = int(row[0]) if row else 0
         self._objs: dict[Key, Obj] = {}
         self._by_resource: dict[str, dict[Key, Obj]] = {}
+        self._by_namespace: dict[tuple[str, str], dict[Key, Obj]] = {}
         for resource, ns, name, body in self._db.execute(
             "SELECT resource, namespace, name, body FROM objects"
         ):
@@ -63,9 +64,11 @@ class SqliteStore:
     def _index(self, key: Key, obj: Obj) -> None:
         self._objs[key] = obj
         self._by_resource.setdefault(key[0], {})[key] = obj
+        self._by_namespace.setdefault((key[0], key[1]), {})[key] = obj
 
     def _unindex(self, key: Key) -> Obj | None:
         self._by_resource.get(key[0], {}).pop(key, None)
+        self._by_namespace.get((key[0], key[1]), {}).pop(key, None)
         return self._objs.pop(key, None)
 
     def close(self) -> None:
@@ -82,13 +85,16 @@ class SqliteStore:
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(self, resource: str, namespace: str | None = None) -> list[Obj]:
-        objs = self._by_resource.get(resource, {})
-        return [copy.deepcopy(o) for k, o in sorted(objs.items())
-                if namespace is None or k[1] == namespace]
+        objs = (self._by_resource.get(resource, {}) if namespace is None
+                else self._by_namespace.get((resource, namespace), {}))
+        return [copy.deepcopy(o) for _, o in sorted(objs.items())]
 
-    def iter_raw(self, resource: str) -> Iterator[Obj]:
+    def iter_raw(self, resource: str, namespace: str | None = None) -> Iterator[Obj]:
         """Read-only view without copies, for controllers scanning many objects."""
-        yield from self._by_resource.get(resource, {}).values()
+        if namespace is None:
+            yield from list(self._by_resource.get(resource, {}).values())
+        else:
+            yield from list(self._by_namespace.get((resource, namespace), {}).values())
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -96,7 +102,7 @@ class SqliteStore:
         if self._depth == 0:
             self._db.execute("BEGIN")
             snapshot = (dict(self._objs), {r: dict(m) for r, m in self._by_resource.items()},
-                        self._rev)
+                        {r: dict(m) for r, m in self._by_namespace.items()}, self._rev)
         self._depth += 1
         try:
             yield
@@ -104,7 +110,7 @@ class SqliteStore:
             self._depth -= 1
             if self._depth == 0:
                 self._db.execute("ROLLBACK")
-                self._objs, self._by_resource, self._rev = snapshot
+                self._objs, self._by_resource, self._by_namespace, self._rev = snapshot
                 self._pending.clear()
             raise
         self._depth -= 1
