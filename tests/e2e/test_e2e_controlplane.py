@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Cluster
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from e2ekit import ROOT, Cluster
 
 from zeromesh.cli.client import Client
 from zeromesh.identity.certs import generate_key, make_csr, pem, uri_sans

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import ROOT, SEED, Cluster, host_network_view, leftovers, unique_name
+from e2ekit import ROOT, SEED, Cluster, host_network_view, leftovers, unique_name
 
 EXAMPLES = ROOT / "examples"
 TABLE = ROOT / "tests" / "e2e" / "image-table.yaml"

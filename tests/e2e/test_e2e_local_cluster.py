@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import ROOT, Cluster
+from e2ekit import ROOT, Cluster
 
 EXAMPLES = ROOT / "examples"
 
@@ -249,7 +249,7 @@ def test_delete_removes_pods_and_their_namespaces(cluster: Cluster, tmp_path: Pa
         time.sleep(0.1)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
-    from conftest import leftovers
+    from e2ekit import leftovers
     assert not [x for x in leftovers(cluster.name) if ".scratch." in x]
 
 

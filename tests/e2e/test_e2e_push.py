@@ -28,7 +28,7 @@ def pod(name: str, ip: str) -> dict[str, Any]:
             "status": {"podIP": ip, "phase": "Running"}}
 
 
-def reject_poison(state: Mapping[str, Mapping[str, Any]]) -> None:
+def reject_poison(state: Mapping[str, Mapping[str, Any]], changed: Mapping[str, Mapping[str, Any]]) -> None:
     for rec in state.get("workload", {}).values():
         if rec["name"] == "poison":
             raise ConfigRejected("workload poison: refused by this proxy")

@@ -22,6 +22,7 @@ from zeromesh.controlplane import objects as o
 from zeromesh.controlplane.model import GATEWAYS, INPUT_RESOURCES, MeshModel, Problem, to_wire
 from zeromesh.controlplane.pushserver import PushServer, server_tls
 from zeromesh.controlplane.store import SqliteStore
+from zeromesh.errors import NetnsError
 from zeromesh.identity.ca import CertificateAuthority
 from zeromesh.identity.certs import generate_key, load_chain, pem, refresh_at
 from zeromesh.identity.files import write_credential
@@ -183,7 +184,7 @@ class MeshService:
                 return s
             try:
                 sock = await asyncio.to_thread(call_in_netns, self.cfg.plan.node_netns(node), make)
-            except OSError as e:
+            except (OSError, NetnsError) as e:
                 log.error("no push listener in %s: %s", node, e)
                 continue
             await web.SockSite(runner, sock, ssl_context=tls).start()

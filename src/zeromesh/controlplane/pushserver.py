@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -82,6 +83,7 @@ class PushServer:
         self._nonce = 0
         self.last_push_seconds = 0.0
         self.pushed_version = ""
+        self._full_cache: dict[str, tuple[str, str]] = {}
 
     # ---- fan-out -----------------------------------------------------------------
     def changed(self, records: Mapping[str, Mapping[str, Any]]) -> None:
@@ -96,34 +98,52 @@ class PushServer:
         self.changed({})
 
     async def _flush(self) -> None:
-        await asyncio.sleep(FLUSH_DELAY)
-        batches, self._pending = self._pending, []
-        merged = p.merge_changes(batches)
-        version = self.version()
-        self.pushed_version = version
-        t0 = asyncio.get_running_loop().time()
-        await asyncio.gather(*(self._send(c, p.filter_for(c.status.kind, merged), version, False)
-                               for c in list(self.conns.values())), return_exceptions=True)
-        self.last_push_seconds = asyncio.get_running_loop().time() - t0
+        """Send what is pending; changes that arrive while sending get another round."""
+        while True:
+            await asyncio.sleep(FLUSH_DELAY)
+            batches, self._pending = self._pending, []
+            merged = p.merge_changes(batches)
+            version = self.version()
+            self.pushed_version = version
+            t0 = asyncio.get_running_loop().time()
+            await asyncio.gather(*(self._send(c, p.filter_for(c.status.kind, merged), version, False)
+                                   for c in list(self.conns.values())), return_exceptions=True)
+            self.last_push_seconds = asyncio.get_running_loop().time() - t0
+            if not self._pending:
+                return
 
     def _next_nonce(self) -> int:
         self._nonce += 1
         return self._nonce
 
-    async def _send(self, conn: Connection, resources: Mapping[str, Any], version: str,
+    async def _send(self, conn: Connection, resources: Mapping[str, Any] | str, version: str,
                     full: bool) -> None:
+        """`resources` may be pre-encoded JSON (the shared full state) to avoid re-encoding it."""
         async with conn.lock:
             nonce = self._next_nonce()
             conn.status.sent(nonce, version)
+            if isinstance(resources, str):
+                text = (f'{{"type":"update","nonce":{nonce},"version":{json.dumps(version)},'
+                        f'"full":{"true" if full else "false"},"resources":{resources}}}')
+            else:
+                text = p.encode(p.Update(nonce, version, full, resources))
             try:
-                await conn.ws.send_str(p.encode(p.Update(nonce, version, full, resources)))
+                await conn.ws.send_str(text)
             except (ConnectionError, RuntimeError) as e:
                 log.info("push to %s failed: %s", conn.status.id, e)
 
-    def full_state(self, kind: str) -> dict[str, dict[str, Any]]:
+    def full_state(self, kind: str) -> str:
+        """The full state for one kind of proxy, encoded once per version and shared."""
+        version = self.version()
+        cached = self._full_cache.get(kind)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         snap = self.model.snapshot()
-        return {t: {k: to_wire(v) for k, v in recs.items()}
-                for t, recs in snap.items() if p.relevant(kind, t)}
+        text = json.dumps({t: {k: to_wire(v) for k, v in recs.items()}
+                           for t, recs in snap.items() if p.relevant(kind, t)},
+                          separators=(",", ":"))
+        self._full_cache[kind] = (version, text)
+        return text
 
     # ---- the stream ------------------------------------------------------------------
     async def stream(self, request: web.Request) -> web.StreamResponse:

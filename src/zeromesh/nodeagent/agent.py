@@ -18,16 +18,18 @@ REQUIRED = {"workload": ("uid", "ip", "namespace", "name", "protocol"),
             "service": ("namespace", "name", "hostname", "ports", "endpoints")}
 
 
-def validate(state: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse a configuration this node agent could not act on (the update is NACKed)."""
+def validate(state: Mapping[str, Mapping[str, Any]], changed: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a configuration this node agent could not act on (the update is NACKed).
+    Only the records the update changed need checking: the rest were accepted before."""
     for type_, fields in REQUIRED.items():
-        for key, rec in state.get(type_, {}).items():
+        for key, rec in changed.get(type_, {}).items():
+            if rec is None:
+                continue
             missing = [f for f in fields if f not in rec]
             if missing:
                 raise ConfigRejected(f"{type_} {key}: missing {', '.join(missing)}")
-    for key, rec in state.get("workload", {}).items():
-        if rec["protocol"] not in ("HBONE", "TCP"):
-            raise ConfigRejected(f"workload {key}: unknown protocol {rec['protocol']!r}")
+            if type_ == "workload" and rec["protocol"] not in ("HBONE", "TCP"):
+                raise ConfigRejected(f"workload {key}: unknown protocol {rec['protocol']!r}")
 
 
 async def run(cluster: str, node: str) -> None:

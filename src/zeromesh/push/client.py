@@ -1,7 +1,9 @@
 """The proxies' side of the push stream, shared by the node agent and the waypoint.
 
 It keeps the last configuration it accepted. A new update is applied to a copy,
-checked by the proxy's own validator, and only then swapped in and ACKed; a
+checked by the proxy's own validator (given the candidate state and the records
+the update changed, so checks can stay proportional to the change), and only
+then swapped in and ACKed; a
 rejected update is NACKed and the old configuration stays. When the control
 plane is away the proxy keeps serving what it has and reconnects with back-off;
 the first update after a reconnect is a full state.
@@ -38,7 +40,8 @@ def client_tls(cert_file: str, key_file: str, root_file: str) -> ssl.SSLContext:
 
 class PushClient:
     def __init__(self, url: str | Callable[[], str], tls: Callable[[], ssl.SSLContext], hello: p.Hello,
-                 validate: Callable[[Mapping[str, Mapping[str, Any]]], None] | None = None,
+                 validate: Callable[[Mapping[str, Mapping[str, Any]], Mapping[str, Mapping[str, Any]]],
+                                    None] | None = None,
                  on_state: Callable[[State, str], Awaitable[None] | None] | None = None) -> None:
         self._url = url
         self.tls = tls
@@ -89,7 +92,7 @@ class PushClient:
         candidate = p.apply_update(self.state, upd)
         try:
             if self.validate is not None:
-                self.validate(candidate)
+                self.validate(candidate, upd.resources)
         except ConfigRejected as e:
             self.rejected += 1
             log.warning("rejected config version %s: %s (keeping %s)", upd.version, e,
