@@ -1,0 +1,114 @@
+"""The ztunnel's view of the mesh: an immutable snapshot built from the push state (pure).
+
+A new snapshot is built when an update is accepted and swapped in whole; the
+proxies only ever read one, so a connection never sees half an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zeromesh.identity.spiffe import SpiffeId
+
+HBONE = "HBONE"
+ROOT_NAMESPACE = "istio-system"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadInfo:
+    uid: str
+    namespace: str
+    name: str
+    ip: str
+    node: str
+    service_account: str
+    labels: Mapping[str, str]
+    protocol: str
+    workload_name: str
+    canonical_name: str
+    canonical_revision: str
+    identity: SpiffeId
+
+    @property
+    def meshed(self) -> bool:
+        return self.protocol == HBONE
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    workload_uid: str
+    ip: str
+    ports: Mapping[int, int]
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    namespace: str
+    name: str
+    hostname: str
+    vip: str
+    ports: Mapping[int, Any]          # service port -> target port (int or name)
+    endpoints: tuple[EndpointInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuth:
+    namespace: str
+    name: str
+    created: str
+    selector: Mapping[str, str] | None
+    mode: str                          # UNSET | DISABLE | PERMISSIVE | STRICT
+    port_modes: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    trust_domain: str
+    workloads_by_uid: Mapping[str, WorkloadInfo] = field(default_factory=dict)
+    workloads_by_ip: Mapping[str, WorkloadInfo] = field(default_factory=dict)
+    services_by_vip: Mapping[str, ServiceInfo] = field(default_factory=dict)
+    peer_auth: tuple[PeerAuth, ...] = ()
+    policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    root_namespace: str = ROOT_NAMESPACE
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Mapping[str, Any]], version: str,
+                   trust_domain: str = "cluster.local") -> Snapshot:
+        workloads: dict[str, WorkloadInfo] = {}
+        by_ip: dict[str, WorkloadInfo] = {}
+        for uid, w in state.get("workload", {}).items():
+            info = WorkloadInfo(
+                uid=uid, namespace=w["namespace"], name=w["name"], ip=w["ip"], node=w.get("node", ""),
+                service_account=w.get("service_account") or "default", labels=dict(w.get("labels") or {}),
+                protocol=w["protocol"], workload_name=w.get("workload_name") or w["name"],
+                canonical_name=w.get("canonical_name") or w["name"],
+                canonical_revision=w.get("canonical_revision") or "latest",
+                identity=SpiffeId(trust_domain, w["namespace"], w.get("service_account") or "default"))
+            workloads[uid] = info
+            by_ip[info.ip] = info
+        services: dict[str, ServiceInfo] = {}
+        for s in state.get("service", {}).values():
+            if not s.get("vip"):
+                continue
+            eps = tuple(EndpointInfo(e["workload_uid"], e["ip"],
+                                     {int(k): int(v) for k, v in (e.get("ports") or {}).items()},
+                                     bool(e.get("ready")))
+                        for e in s.get("endpoints") or [])
+            services[s["vip"]] = ServiceInfo(s["namespace"], s["name"], s["hostname"], s["vip"],
+                                             {int(p["port"]): p["target_port"] for p in s["ports"]}, eps)
+        pas = []
+        for obj in state.get("peerauthentications.security.istio.io", {}).values():
+            md, spec = obj["metadata"], obj.get("spec") or {}
+            sel = (spec.get("selector") or {}).get("matchLabels")
+            port_modes = {int(p): str((m or {}).get("mode", "UNSET")).upper()
+                          for p, m in (spec.get("portLevelMtls") or {}).items()}
+            pas.append(PeerAuth(md["namespace"], md["name"], md.get("creationTimestamp", ""),
+                                dict(sel) if sel is not None else None,
+                                str((spec.get("mtls") or {}).get("mode", "UNSET")).upper(), port_modes))
+        return cls(version=version, trust_domain=trust_domain, workloads_by_uid=workloads,
+                   workloads_by_ip=by_ip, services_by_vip=services, peer_auth=tuple(pas),
+                   policies=state.get("authorizationpolicies.security.istio.io", {}))
