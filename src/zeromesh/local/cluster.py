@@ -183,6 +183,11 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
         _install_ca_plugin(paths, ca_dir)
     if not _daemon_running(paths, "controlplane"):
         cfg.xds_port = free_port(cfg.xds_port)
+    for node in cfg.plan.node_names():
+        if not _daemon_running(paths, f"nodeagent-{node}"):
+            have = cfg.node_ports.get(node, {})
+            cfg.node_ports[node] = {"metrics": free_port(have.get("metrics", 0)),
+                                    "admin": free_port(have.get("admin", 0))}
     save_config(paths, cfg)
     plan = cfg.plan
     progress(f"creating network: underlay and {plan.nodes} node namespace(s)")

@@ -24,6 +24,8 @@ class ClusterConfig:
     python: str = ""          # interpreter pod processes can run (sample apps)
     trust_domain: str = "cluster.local"
     xds_port: int = 0         # the control plane's mTLS port for proxies on the host's loopback
+    # Per node agent: host-loopback ports for metrics (Istio's 15020) and admin (15000).
+    node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def plan(self) -> ClusterPlan:

@@ -95,6 +95,13 @@ class WorkloadCert:
             self._client = ctx
         return self._client
 
+    def remove_own_files(self) -> None:
+        """This certificate's key and chain files only (a renewal's predecessor)."""
+        stem = f"{self.identity.namespace}.{self.identity.service_account}.{self.leaf.serial_number:x}"
+        for suffix in (".key", ".pem"):
+            with contextlib.suppress(OSError):
+                (self.directory / f"{stem}{suffix}").unlink()
+
     def forget_files(self) -> None:
         for p in self.directory.glob(f"{self.identity.namespace}.{self.identity.service_account}.*"):
             with contextlib.suppress(OSError):
@@ -128,6 +135,9 @@ class CertManager:
         self.failures: dict[Identity, tuple[int, str]] = {}
         self._inflight: dict[Identity, asyncio.Task[WorkloadCert]] = {}
         self._wake = asyncio.Event()
+        # One TLS context per identity and side, kept across renewals (the new certificate is
+        # loaded into it), so listeners made with it keep serving without being rebuilt.
+        self._contexts: dict[tuple[Identity, str], tuple[ssl.SSLContext, int]] = {}
 
     async def get(self, namespace: str, service_account: str) -> WorkloadCert:
         """The current certificate of an identity, fetching it if needed (one request at a time)."""
@@ -158,18 +168,43 @@ class CertManager:
         cert = WorkloadCert(spiffe, key, chain, chain_pem, self.directory)
         self.certs[ident] = cert
         self.failures.pop(ident, None)
-        if old is not None and ident in self.certs:
-            old.forget_files()
+        for side in ("server", "client"):          # listeners pick the new certificate up
+            if (ident, side) in self._contexts:
+                self._context(cert, "", side)
+        if old is not None:
+            old.remove_own_files()
         log.info("certificate for %s: serial %x, refresh at %s", spiffe.uri, chain[0].serial_number,
                  cert.refresh_at.isoformat())
         self._wake.set()
         return cert
+
+    def _context(self, cert: WorkloadCert, roots_pem: str, side: str) -> ssl.SSLContext:
+        ident = (cert.identity.namespace, cert.identity.service_account)
+        current = self.certs.get(ident, cert)
+        have = self._contexts.get((ident, side))
+        if have is None:
+            ctx = current.server_context(roots_pem) if side == "server" else current.client_context(roots_pem)
+            self._contexts[(ident, side)] = (ctx, current.leaf.serial_number)
+            return ctx
+        ctx, serial = have
+        if serial != current.leaf.serial_number:
+            ctx.load_cert_chain(*current._files())
+            self._contexts[(ident, side)] = (ctx, current.leaf.serial_number)
+        return ctx
+
+    def server_context(self, cert: WorkloadCert, roots_pem: str) -> ssl.SSLContext:
+        return self._context(cert, roots_pem, "server")
+
+    def client_context(self, cert: WorkloadCert, roots_pem: str) -> ssl.SSLContext:
+        return self._context(cert, roots_pem, "client")
 
     def want(self, identities: set[Identity]) -> None:
         """The service accounts of enrolled pods on this node; others are dropped."""
         self.wanted = set(identities)
         for ident in [i for i in self.certs if i not in self.wanted]:
             cert = self.certs.pop(ident)
+            self._contexts.pop((ident, "server"), None)
+            self._contexts.pop((ident, "client"), None)
             cert.forget_files()
             log.info("dropped certificate for %s: no pod of it left on this node", cert.identity.uri)
         self._wake.set()

@@ -1,0 +1,302 @@
+"""asyncio adapter for the sans-IO HBONE core: one TLS connection ↔ one HboneConnection.
+
+`HboneLink` is the asyncio Protocol of a TLS connection (client or server);
+`TunnelStream` is one CONNECT tunnel on it, read and written with
+backpressure: bytes received are acknowledged (credit returned to the peer)
+only after the caller has passed them on, and a writer waits for credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from cryptography import x509
+
+from zeromesh.hbone import (
+    BadRequest,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    HboneConnection,
+    StreamEnded,
+    StreamReset,
+    TunnelOpened,
+    TunnelRefused,
+    TunnelRequested,
+    WindowUpdated,
+)
+from zeromesh.hbone.errors import HboneError
+
+log = logging.getLogger("zeromesh.hbone")
+
+OnRequest = Callable[["HboneLink", TunnelRequested, "TunnelStream"], None]
+
+
+def peer_uris(transport: asyncio.BaseTransport) -> list[str]:
+    """URI SANs of the TLS peer's certificate (already verified against the mesh roots)."""
+    sslobj = transport.get_extra_info("ssl_object")
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if not der:
+        return []
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+class TunnelStream:
+    """One HBONE tunnel: an async byte stream in each direction."""
+
+    def __init__(self, link: HboneLink, stream_id: int) -> None:
+        self.link = link
+        self.id = stream_id
+        self.opened: asyncio.Future[tuple[int, tuple[tuple[str, str], ...]]] = \
+            asyncio.get_running_loop().create_future()
+        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._eof = False
+        self._error: str | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    # ---- fed by the link ------------------------------------------------------------------
+    def feed(self, data: memoryview, flow: int) -> None:
+        self._chunks.append((bytes(data), flow))
+        self._readable.set()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def fail(self, reason: str) -> None:
+        self._error = reason
+        self._readable.set()
+        self._writable.set()
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionResetError(reason))
+
+    def wake(self) -> None:
+        self._writable.set()
+
+    # ---- used by the relay ------------------------------------------------------------------
+    async def read(self) -> tuple[bytes, int]:
+        """Next chunk and its flow-control length; (b"", 0) once the peer half-closed."""
+        while not self._chunks:
+            if self._error is not None:
+                raise ConnectionResetError(self._error)
+            if self._eof:
+                return b"", 0
+            self._readable.clear()
+            await self._readable.wait()
+        return self._chunks.popleft()
+
+    def ack(self, flow: int) -> None:
+        """The bytes were written onward: now the peer may send more."""
+        if self._error is None and flow:
+            self.link.conn.acknowledge(self.id, flow)
+            self.link.flush()
+
+    async def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise ConnectionResetError(self._error)
+            n = self.link.conn.send_data(self.id, view)
+            self.link.flush()
+            view = view[n:]
+            if view:
+                self._writable.clear()
+                await self._writable.wait()
+            await self.link.writable()
+
+    def write_eof(self) -> None:
+        if self._error is None:
+            try:
+                self.link.conn.end_stream(self.id)
+            except HboneError:
+                return
+            self.link.flush()
+
+    def abort(self, code: ErrorCode = ErrorCode.CANCEL) -> None:
+        if self._error is None:
+            self._error = "aborted locally"
+            with contextlib.suppress(HboneError):
+                self.link.conn.reset_stream(self.id, code)
+            self.link.flush()
+        self.link.streams.pop(self.id, None)
+
+    def done(self) -> None:
+        self.link.streams.pop(self.id, None)
+        self.link.touch()
+
+
+class HboneLink(asyncio.Protocol):
+    """One TLS connection carrying HBONE tunnels; drives a sans-IO HboneConnection."""
+
+    def __init__(self, client: bool, on_request: OnRequest | None = None) -> None:
+        self.client = client
+        self.conn = HboneConnection(client=client)
+        self.on_request = on_request
+        self.streams: dict[int, TunnelStream] = {}
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.peer_identities: list[str] = []
+        self.lost = asyncio.get_running_loop().create_future()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.idle_since = asyncio.get_running_loop().time()
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.peer_identities = peer_uris(transport)
+        self.conn.initiate()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.conn.receive(data):
+            self._dispatch(ev)
+        self.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for s in list(self.streams.values()):
+            s.fail(f"HBONE connection lost: {exc or 'closed'}")
+        self.streams.clear()
+        self._writable.set()
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        bufs = self.conn.data_to_send()
+        if bufs and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(bufs)
+
+    async def writable(self) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    def touch(self) -> None:
+        self.idle_since = asyncio.get_running_loop().time()
+
+    @property
+    def usable(self) -> bool:
+        return (not self.lost.done() and not self.conn.closed and self.transport is not None
+                and not self.transport.is_closing())
+
+    def _dispatch(self, ev: object) -> None:
+        match ev:
+            case TunnelRequested(sid, authority, headers):
+                stream = TunnelStream(self, sid)
+                self.streams[sid] = stream
+                if self.on_request is None:
+                    self.conn.respond(sid, 400)
+                else:
+                    self.on_request(self, TunnelRequested(sid, authority, headers), stream)
+            case BadRequest(sid, reason):
+                log.info("HBONE bad request on stream %d: %s", sid, reason)
+                self.conn.respond(sid, 400)
+            case TunnelOpened(sid, status, headers):
+                s = self.streams.get(sid)
+                if s is not None and not s.opened.done():
+                    s.opened.set_result((status, headers))
+            case TunnelRefused(sid, status, headers):
+                s = self.streams.pop(sid, None)
+                if s is not None and not s.opened.done():
+                    s.opened.set_result((status, headers))
+            case DataReceived(sid, data, flow):
+                s = self.streams.get(sid)
+                if s is not None:
+                    s.feed(data, flow)
+                else:       # a stream we gave up on: drop the bytes, keep the connection's credit
+                    with contextlib.suppress(HboneError):
+                        self.conn.acknowledge(sid, flow)
+            case StreamEnded(sid):
+                s = self.streams.get(sid)
+                if s is not None:
+                    s.feed_eof()
+            case StreamReset(sid, code, remote):
+                s = self.streams.pop(sid, None)
+                if s is not None:
+                    s.fail(f"stream reset ({'peer' if remote else 'local'}): {code!r}")
+            case WindowUpdated(sid):
+                if sid == 0:
+                    for s in self.streams.values():
+                        s.wake()
+                elif (s := self.streams.get(sid)) is not None:
+                    s.wake()
+            case ConnectionTerminated(code, _last, debug, remote):
+                reason = f"HBONE connection terminated ({'peer' if remote else 'local'}): {code!r} {debug!r}"
+                for s in list(self.streams.values()):
+                    s.fail(reason)
+                self.streams.clear()
+                self.flush()
+                if self.transport is not None:
+                    self.transport.close()
+
+    async def open(self, authority: str, headers: Sequence[tuple[str, str]]) -> TunnelStream:
+        """Client: CONNECT authority; returns once the server answered (status in `opened`)."""
+        sid = self.conn.open_tunnel(authority, headers)
+        stream = TunnelStream(self, sid)
+        self.streams[sid] = stream
+        self.touch()
+        self.flush()
+        return stream
+
+
+async def relay_tunnel(app: tuple[asyncio.StreamReader, asyncio.StreamWriter], tunnel: TunnelStream,
+                       on_up: Callable[[int], None], on_down: Callable[[int], None],
+                       chunk: int = 256 * 1024) -> str:
+    """App ↔ tunnel, both directions, half-close aware; returns "" or the error that ended it."""
+    reader, writer = app
+
+    async def up() -> None:
+        try:
+            while True:
+                data = await reader.read(chunk)
+                if not data:
+                    tunnel.write_eof()
+                    return
+                await tunnel.write(data)
+                on_up(len(data))
+        except (ConnectionError, OSError) as e:
+            tunnel.abort()
+            raise ConnectionResetError(f"application side: {e}") from e
+
+    async def down() -> None:
+        try:
+            while True:
+                data, flow = await tunnel.read()
+                if not data:
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                writer.write(data)
+                on_down(len(data))
+                await writer.drain()
+                tunnel.ack(flow)
+        except (ConnectionError, OSError):
+            writer.transport.abort()
+            raise
+
+    results = await asyncio.gather(up(), down(), return_exceptions=True)
+    tunnel.done()
+    writer.close()
+    errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    return errors[0] if errors else ""
