@@ -443,6 +443,51 @@ def cmd_x_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ztunnel_config(args: argparse.Namespace) -> int:
+    """What each node's ztunnel knows: workloads, services, certificates (its admin endpoint)."""
+    import urllib.request
+
+    from zeromesh.local.state import Paths, load_config
+    cfg = load_config(Paths(_cluster(args)))
+    if cfg is None:
+        raise ZeromeshError(_client(args).not_running().args[0])
+    nodes = [args.node] if args.node else cfg.plan.node_names()
+    dumps = []
+    for node in nodes:
+        port = cfg.node_ports.get(node, {}).get("admin")
+        if not port:
+            raise ZeromeshError(f"node {node!r} has no node agent admin port in the cluster state")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config_dump", timeout=5) as r:
+                dumps.append(json.loads(r.read()))
+        except OSError as e:
+            raise ZeromeshError(f"node agent of {node} is not answering on 127.0.0.1:{port}: {e}") from e
+    if args.output == "json":
+        print(json.dumps(dumps if len(dumps) > 1 else dumps[0], indent=2))
+        return 0
+    if args.what == "workloads":
+        rows = [["NODE", "NAMESPACE", "NAME", "IP", "WORKLOAD NODE", "PROTOCOL", "ENROLLED HERE"]]
+        rows += [[d["node"], w["namespace"], w["name"], w["ip"], w["node"], w["protocol"],
+                  "yes" if w["enrolled_here"] else ""] for d in dumps for w in d["workloads"]]
+    elif args.what == "services":
+        rows = [["NODE", "NAMESPACE", "NAME", "VIP", "PORTS", "ENDPOINTS"]]
+        rows += [[d["node"], s["namespace"], s["name"], s["vip"],
+                  ",".join(f"{k}->{v}" for k, v in s["ports"].items()), ",".join(s["endpoints"]) or "-"]
+                 for d in dumps for s in d["services"]]
+    else:
+        rows = [["NODE", "IDENTITY", "SERIAL", "NOT AFTER", "REFRESH AT", "CHAIN"]]
+        for d in dumps:
+            for c in d["certificates"]:
+                if "error" in c:
+                    rows.append([d["node"], c["identity"], "-", f"FAILING x{c['failures']}: {c['error']}",
+                                 "-", "-"])
+                else:
+                    rows.append([d["node"], c["identity"], c["serial"], c["not_after"][:19],
+                                 c["refresh_at"][:19], " > ".join(c["chain"])])
+    print(_layout(rows))
+    return 0
+
+
 def cmd_runner(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -533,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--pem", action="store_true", help="also print the root certificate")
     s.set_defaults(func=cmd_x_ca)
+
+    s = sub.add_parser("ztunnel-config", parents=[common],
+                       help="what the ztunnels know: workloads, services, certificates")
+    s.add_argument("what", choices=["workloads", "services", "certificates", "all"])
+    s.add_argument("--node", default=None)
+    s.add_argument("-o", "--output", choices=["json"], default=None)
+    s.set_defaults(func=cmd_ztunnel_config)
 
     s = sub.add_parser("nodeagent", parents=[common], help=argparse.SUPPRESS)
     s.add_argument("--node", required=True)
