@@ -367,6 +367,26 @@ def test_client_refuses_a_server_with_the_wrong_identity_and_agent_restart_keeps
     assert app_pids(mesh) == pids
 
 
+def test_traffic_keeps_flowing_while_the_control_plane_is_away(mesh: Cluster) -> None:
+    paths = Paths(mesh.name)
+    assert mesh.curl("sample-client", "deploy/curl", "http://echo.sample-server/").returncode == 0
+    client = mesh.pods("sample-client")[0]["metadata"]["name"]
+    os.kill(int((paths.pids / "controlplane.pid").read_text()), signal.SIGKILL)
+    time.sleep(0.5)
+    # New connections, over the last known configuration and certificates (exec needs the control
+    # plane, so go into the client pod's namespace directly).
+    for _ in range(3):
+        r = subprocess.run(["ip", "netns", "exec", f"zm.{mesh.name}.sample-client.{client}",
+                            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "curl", "-s", "-m", "5", "http://echo.sample-server/cp-away"],
+                           capture_output=True, text=True, timeout=30, check=False)
+        assert r.returncode == 0 and json.loads(r.stdout)["path"] == "/cp-away"
+    node1 = metrics(mesh, "node1")
+    assert metric_sum(node1, "istio_tcp_connections_opened_total", reporter="source",
+                      connection_security_policy="mutual_tls") >= 3
+    mesh.up()
+
+
 def test_unlabelling_restores_plaintext(mesh: Cluster, tmp_path: Path) -> None:
     echo = echo_pod(mesh)
     mesh.z("label", "namespace", "sample-server", "istio.io/dataplane-mode-")
