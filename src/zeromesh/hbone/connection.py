@@ -47,6 +47,24 @@ from zeromesh.hbone.headers import (
 from zeromesh.hbone.streams import Stream, StreamInput, StreamState
 
 _CLOSED: Final = StreamState.CLOSED
+_SMALL: Final = 16 * 1024  # buffers below this are cheaper to copy than to send as their own TLS record
+
+
+def _coalesce(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """Join each run of small buffers into one; pass large ones through untouched."""
+    result: list[bytes | memoryview] = []
+    run: list[bytes | memoryview] = []
+    for buffer in buffers:
+        if len(buffer) < _SMALL:
+            run.append(buffer)
+            continue
+        if run:
+            result.append(b"".join(run) if len(run) > 1 else run[0])
+            run = []
+        result.append(buffer)
+    if run:
+        result.append(b"".join(run) if len(run) > 1 else run[0])
+    return result
 
 
 class HboneConnection(ConnectionCore):
@@ -72,10 +90,14 @@ class HboneConnection(ConnectionCore):
             self._recv_window = self.settings.connection_window
 
     def data_to_send(self) -> list[bytes | memoryview]:
-        """Everything queued, as buffers for ``writelines`` (DATA payloads are not joined)."""
+        """Everything queued, as buffers for ``writelines``: large DATA payloads are never joined.
+
+        Runs of small buffers (frame headers, control frames, small payloads) are
+        joined, because a TLS transport turns every buffer into its own record.
+        """
         out, self._out = self._out, []
         self._queued_control = 0
-        return out
+        return _coalesce(out) if len(out) > 1 else out
 
     @property
     def wants_write(self) -> bool:
@@ -222,6 +244,14 @@ class HboneConnection(ConnectionCore):
         elif stream.state is _CLOSED and not stream.unacked:
             del self._streams[stream_id]
         self._credit_connection(n)
+
+    def release(self, stream_id: int) -> int:
+        """Acknowledge everything still unacknowledged on a stream whose buffered bytes the caller drops."""
+        stream = self._streams.get(stream_id)
+        owed = 0 if stream is None or stream.quiet else stream.unacked
+        if owed:
+            self.acknowledge(stream_id, owed)
+        return owed
 
     def ping(self, opaque: bytes) -> None:
         """Queue a PING carrying 8 opaque bytes; the answer is a PingAcked event."""

@@ -131,7 +131,6 @@ class ConnectionCore:
         self._unproductive = 0  # control frames since the last DATA/stream progress
         self._queued_control = 0  # automatic replies queued since the last data_to_send()
 
-
     def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer; returns what happened, in order. Never raises for peer faults."""
         if not self._initiated:
@@ -153,7 +152,6 @@ class ConnectionCore:
         except ProtocolViolation as err:
             self._connection_error(err, events)
         return events
-
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -284,6 +282,7 @@ class ConnectionCore:
         if depends_on == sid:
             raise _violation(ErrorCode.PROTOCOL_ERROR, f"stream {sid} depends on itself", sid)
         if self._active_remote >= self.settings.max_concurrent_streams:
+            self._count_unproductive()  # refused streams cost us a decode and a reply each
             limit = self.settings.max_concurrent_streams
             raise _violation(ErrorCode.REFUSED_STREAM, f"more than {limit} concurrent streams", sid)
         request = parse_request(fields, sid)

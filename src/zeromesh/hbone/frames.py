@@ -286,7 +286,8 @@ class FrameParser:
         if self._preface_left:
             pos = self._check_preface(view)
         while True:
-            if self._current is None:
+            current = self._current
+            if current is None:
                 head = self._head
                 if head:
                     take = min(FRAME_HEADER_SIZE - len(head), end - pos)
@@ -307,20 +308,22 @@ class FrameParser:
                 if length > self.max_frame_size:
                     raise _violation(ErrorCode.FRAME_SIZE_ERROR,
                                      f"frame of {length} bytes exceeds our maximum {self.max_frame_size}")
-                if end - pos >= length:
+                ftype, sid = word & 0xFF, sid & _STREAM_MASK
+            else:
+                ftype, flags, sid, length = current
+            body = self._body
+            if body is None:
+                if end - pos >= length:  # the whole payload is here: a view, no copy
                     payload = view[pos:pos + length] if shared else memoryview(bytes(view[pos:pos + length]))
                     pos += length
-                    yield _build(word & 0xFF, flags, sid & _STREAM_MASK, payload)
+                    self._current = None
+                    yield _build(ftype, flags, sid, payload)
                     continue
-                fresh = bytearray(length)
-                fresh[:end - pos] = view[pos:end]
-                self._current = (word & 0xFF, flags, sid & _STREAM_MASK, length)
-                self._body = fresh
-                self._filled = end - pos
-                return
-            ftype, flags, sid, length = self._current
-            body = self._body
-            assert body is not None
+                self._current = (ftype, flags, sid, length)
+                if end == pos:  # header only so far: the payload may still come in one piece
+                    return
+                body = self._body = bytearray(length)
+                self._filled = 0
             take = min(length - self._filled, end - pos)
             body[self._filled:self._filled + take] = view[pos:pos + take]
             self._filled += take

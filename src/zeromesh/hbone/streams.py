@@ -22,6 +22,9 @@ class StreamState(Enum):
     HALF_CLOSED_REMOTE = "half-closed (remote)"
     CLOSED = "closed"
 
+    # Members are singletons: identity hashing in C keeps the per-DATA-frame table lookup cheap.
+    __hash__ = object.__hash__
+
 
 class StreamInput(Enum):
     """What happens to a stream: a frame we send or receive (END_STREAM is its own input)."""
@@ -34,6 +37,8 @@ class StreamInput(Enum):
     RECV_DATA = "receive DATA"
     RECV_END_STREAM = "receive END_STREAM"
     RECV_RST = "receive RST_STREAM"
+
+    __hash__ = object.__hash__
 
 
 _S = StreamState

@@ -56,6 +56,7 @@ class FakeLink:
             got_client = self.to_client()
             server_events += got_server
             client_events += got_client
-            if not got_server and not got_client and not self.client.wants_write and not self.server.wants_write:
+            idle = not self.client.wants_write and not self.server.wants_write
+            if idle and not got_server and not got_client:
                 return client_events, server_events
         raise RuntimeError("the link never went quiet")
