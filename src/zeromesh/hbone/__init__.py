@@ -17,6 +17,11 @@ Vocabulary:
 - *credit*: HTTP/2 flow-control window.  The peer may send only as much as we
   granted; we grant more only after the caller *acknowledges* that received
   bytes were passed on (backpressure), and in bulk.
+
+Modules: :mod:`.frames` (codec), :mod:`.headers` (RFC 9113 §8 header rules),
+:mod:`.streams` (state table), :mod:`.core` + :mod:`.connection` (the
+connection), :mod:`.events`, :mod:`.errors`, :mod:`.settings`, and
+:mod:`.testing` (``FakeLink``: a client and a server joined in memory).
 """
 
 from zeromesh.hbone.connection import HboneConnection

@@ -58,7 +58,7 @@ class TunnelStream:
         self.id = stream_id
         self.opened: asyncio.Future[tuple[int, tuple[tuple[str, str], ...]]] = \
             asyncio.get_running_loop().create_future()
-        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._chunks: collections.deque[tuple[memoryview, int]] = collections.deque()
         self._eof = False
         self._error: str | None = None
         self._readable = asyncio.Event()
@@ -66,7 +66,8 @@ class TunnelStream:
 
     # ---- fed by the link ------------------------------------------------------------------
     def feed(self, data: memoryview, flow: int) -> None:
-        self._chunks.append((bytes(data), flow))
+        """Kept as the view the core lent us (no copy) until it is written onward."""
+        self._chunks.append((data, flow))
         self._readable.set()
 
     def feed_eof(self) -> None:
@@ -84,13 +85,13 @@ class TunnelStream:
         self._writable.set()
 
     # ---- used by the relay ------------------------------------------------------------------
-    async def read(self) -> tuple[bytes, int]:
-        """Next chunk and its flow-control length; (b"", 0) once the peer half-closed."""
+    async def read(self) -> tuple[memoryview, int]:
+        """Next chunk and its flow-control length; an empty view once the peer half-closed."""
         while not self._chunks:
             if self._error is not None:
                 raise ConnectionResetError(self._error)
             if self._eof:
-                return b"", 0
+                return memoryview(b""), 0
             self._readable.clear()
             await self._readable.wait()
         return self._chunks.popleft()
@@ -128,9 +129,14 @@ class TunnelStream:
             with contextlib.suppress(HboneError):
                 self.link.conn.reset_stream(self.id, code)
             self.link.flush()
-        self.link.streams.pop(self.id, None)
+        self.done()
 
     def done(self) -> None:
+        """Forget the stream; credit for bytes nobody will read goes back to the connection."""
+        self._chunks.clear()
+        with contextlib.suppress(HboneError):
+            self.link.conn.release(self.id)
+            self.link.flush()
         self.link.streams.pop(self.id, None)
         self.link.touch()
 
@@ -206,12 +212,14 @@ class HboneLink(asyncio.Protocol):
                 stream = TunnelStream(self, sid)
                 self.streams[sid] = stream
                 if self.on_request is None:
-                    self.conn.respond(sid, 400)
+                    with contextlib.suppress(HboneError):   # the peer may have reset it already
+                        self.conn.respond(sid, 400)
                 else:
                     self.on_request(self, TunnelRequested(sid, authority, headers), stream)
             case BadRequest(sid, reason):
                 log.info("HBONE bad request on stream %d: %s", sid, reason)
-                self.conn.respond(sid, 400)
+                with contextlib.suppress(HboneError):
+                    self.conn.respond(sid, 400)
             case TunnelOpened(sid, status, headers):
                 s = self.streams.get(sid)
                 if s is not None and not s.opened.done():
