@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from asyncio import sslproto
 from collections.abc import Callable, Sequence
 
 from cryptography import x509
@@ -33,7 +34,42 @@ from zeromesh.hbone.errors import HboneError
 
 log = logging.getLogger("zeromesh.hbone")
 
+
+def _install_handshake_hook() -> None:
+    """Make a failed TLS handshake visible on both ends.
+
+    CPython 3.11's asyncio SSL transport drops the fatal alert when a handshake
+    fails (gh-98078, fixed in later releases), so a refused peer only sees the
+    connection vanish; and the failure is logged only in asyncio debug mode. We
+    flush the pending alert before the transport closes, and tell the protocol
+    (an `HboneLink`) so the refusal is logged and counted.
+    """
+    orig = sslproto.SSLProtocol._on_handshake_complete
+    if getattr(orig, "_zeromesh_hook", False):
+        return
+
+    def on_handshake_complete(self: sslproto.SSLProtocol, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                self._process_outgoing()       # the alert the peer is owed (RFC 8446 6.2)
+            app = getattr(self, "_app_protocol", None)
+            callback = getattr(app, "handshake_failed", None)
+            if callback is not None:
+                peer = None
+                with contextlib.suppress(Exception):
+                    peer = self._transport.get_extra_info("peername")
+                with contextlib.suppress(Exception):
+                    callback(handshake_exc, peer)
+        orig(self, handshake_exc)
+
+    on_handshake_complete._zeromesh_hook = True  # type: ignore[attr-defined]
+    sslproto.SSLProtocol._on_handshake_complete = on_handshake_complete  # type: ignore[method-assign]
+
+
+_install_handshake_hook()
+
 OnRequest = Callable[["HboneLink", TunnelRequested, "TunnelStream"], None]
+OnHandshakeFailure = Callable[[BaseException, "tuple[str, int] | None"], None]
 
 
 def peer_uris(transport: asyncio.BaseTransport) -> list[str]:
@@ -144,8 +180,10 @@ class TunnelStream:
 class HboneLink(asyncio.Protocol):
     """One TLS connection carrying HBONE tunnels; drives a sans-IO HboneConnection."""
 
-    def __init__(self, client: bool, on_request: OnRequest | None = None) -> None:
+    def __init__(self, client: bool, on_request: OnRequest | None = None,
+                 on_handshake_failure: OnHandshakeFailure | None = None) -> None:
         self.client = client
+        self.on_handshake_failure = on_handshake_failure
         self.conn = HboneConnection(client=client)
         self.on_request = on_request
         self.streams: dict[int, TunnelStream] = {}
@@ -156,6 +194,11 @@ class HboneLink(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.idle_since = asyncio.get_running_loop().time()
+
+    def handshake_failed(self, exc: BaseException, peer: tuple[str, int] | None) -> None:
+        """Called by the handshake hook: the TLS layer refused the peer."""
+        if self.on_handshake_failure is not None:
+            self.on_handshake_failure(exc, peer)
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

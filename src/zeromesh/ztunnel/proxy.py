@@ -247,9 +247,19 @@ class Ztunnel:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: HboneLink(client=False, on_request=lambda link, req, stream:
-                              pod.spawn(self._inbound_tunnel(pod, link, req, stream))),
+                              pod.spawn(self._inbound_tunnel(pod, link, req, stream)),
+                              on_handshake_failure=lambda exc, peer: self._tls_refused(pod, exc, peer)),
             sock=sock, ssl=ctx, ssl_handshake_timeout=10)
         return [server]
+
+    def _tls_refused(self, pod: PodProxy, exc: BaseException, peer: tuple[str, int] | None) -> None:
+        """A client failed mutual TLS on 15008 (no certificate, another CA, expired…)."""
+        ip, port = peer or ("", 0)
+        conn = Connection("inbound", f"{ip}:{port}", f"{pod.wl.ip}:{HBONE_PORT}",
+                          self.snapshot.workloads_by_ip.get(ip), pod.wl,
+                          dst_identity=pod.wl.identity.uri, flags="TLS_FAILURE",
+                          error=f"TLS handshake refused: {getattr(exc, 'reason', None) or exc}")
+        self.telemetry.failed(conn)
 
     def _peer_identity(self, link: HboneLink) -> str:
         """The caller's SPIFFE ID: the chain was verified against our roots; the trust domain
