@@ -36,7 +36,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     table = args.image_table or os.environ.get("ZEROMESH_IMAGE_TABLE")
     cfg = cluster.up(name, args.nodes, table, lambda m: print(f"  {m} ...", flush=True),
-                     timeout=args.timeout, ca_dir=args.ca_dir)
+                     timeout=args.timeout, ca_dir=args.ca_dir,
+                     workload_cert_ttl=args.workload_cert_ttl)
     flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
     print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
     print(f"""
@@ -514,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-table", default=None, help="YAML mapping images to host commands")
     s.add_argument("--ca-dir", default=None,
                    help="plug-in CA: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem")
+    s.add_argument("--workload-cert-ttl", type=int, default=None, metavar="SECONDS",
+                   help="lifetime of workload certificates (default: the CA's, 24 h)")
     s.add_argument("--timeout", type=float, default=60.0)
     s.set_defaults(func=cmd_up)
 

@@ -379,7 +379,7 @@ class CertificateAuthority:
             notes.append(f"requested ttl {ttl} capped at {self.max_ttl}")
             ttl = self.max_ttl
         not_before = now - CLOCK_SKEW
-        not_after = not_before + ttl
+        not_after = now + ttl          # the skew only widens the start; the lifetime is as asked
         if not_after > self._ca_not_after:
             not_after = self._ca_not_after
             notes.append("not_after capped at the CA chain's expiry")

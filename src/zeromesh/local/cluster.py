@@ -149,7 +149,8 @@ def _install_samples(paths: Paths) -> None:
 
 
 def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progress,
-       timeout: float = 60.0, ca_dir: str | None = None) -> ClusterConfig:
+       timeout: float = 60.0, ca_dir: str | None = None,
+       workload_cert_ttl: int | None = None) -> ClusterConfig:
     check_host()
     paths = Paths(cluster)
     cfg = load_config(paths)
@@ -181,6 +182,10 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
             raise ClusterError(f"cluster {cluster!r} already has a CA; `zeromesh down --cluster "
                                f"{cluster}` first to start over with --ca-dir")
         _install_ca_plugin(paths, ca_dir)
+    if workload_cert_ttl is not None:
+        if workload_cert_ttl < 0:
+            raise ClusterError("--workload-cert-ttl must be a number of seconds >= 0")
+        cfg.workload_cert_ttl = workload_cert_ttl
     if not _daemon_running(paths, "controlplane"):
         cfg.xds_port = free_port(cfg.xds_port)
     for node in cfg.plan.node_names():

@@ -69,13 +69,16 @@ class NodeAgent:
                           str(self.paths.root_cert))
 
     async def _request_cert(self, csr: bytes) -> list[str]:
+        body: dict[str, Any] = {"csr": csr.decode()}
+        if self.cfg.workload_cert_ttl:
+            body["ttl_seconds"] = self.cfg.workload_cert_ttl
         async with aiohttp.ClientSession() as s, s.post(
-                self._url("/v1/certificates"), json={"csr": csr.decode()}, ssl=self._tls(),
+                self._url("/v1/certificates"), json=body, ssl=self._tls(),
                 timeout=aiohttp.ClientTimeout(total=10)) as r:
-            body = await r.json(content_type=None)
+            answer = await r.json(content_type=None)
             if r.status != 200:
-                raise RuntimeError(f"CA refused ({r.status}): {body.get('error')}")
-            return list(body["cert_chain"])
+                raise RuntimeError(f"CA refused ({r.status}): {answer.get('error')}")
+            return list(answer["cert_chain"])
 
     async def _on_state(self, state: dict[str, dict[str, Any]], version: str) -> None:
         snap = Snapshot.from_state(state, version, self.cfg.trust_domain)

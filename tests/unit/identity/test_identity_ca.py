@@ -304,7 +304,7 @@ def test_sign_csr_leaf_shape(ca: CertificateAuthority, clock: Any, workload_key:
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     # validity: a minute of skew allowance, then the default 24 h
     assert leaf.not_valid_before_utc == clock.now - timedelta(minutes=1)
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24)
+    assert leaf.not_valid_after_utc == clock.now + timedelta(hours=24)   # lifetime counted from now
     assert signed.not_after == leaf.not_valid_after_utc
     # chain: leaf, root last; verifies with ours and with openssl
     assert signed.chain_pem == [pem(leaf), ca.root_pem]
@@ -342,7 +342,8 @@ def test_csr_subject_and_extensions_are_ignored(ca: CertificateAuthority,
 def test_ttl(ca: CertificateAuthority, workload_key: ec.EllipticCurvePrivateKey, ttl: timedelta | None,
              expected: timedelta, note: str) -> None:
     leaf = ca.sign_csr(make_csr(workload_key, URI), caller="n1", allowed=ALLOW, ttl=ttl).leaf
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == expected
+    # The lifetime counts from the signing time; not_before is backdated a minute for clock skew.
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == expected + timedelta(minutes=1)
     assert ca.recent()[-1].reason == note
 
 
@@ -351,9 +352,9 @@ def test_custom_default_and_max_ttl(tmp_path: Path, clock: Any,
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", clock=clock, default_ttl=timedelta(hours=2),
                                              max_ttl=timedelta(hours=4))
     csr = make_csr(workload_key, URI)
-    assert ca.sign_csr(csr, caller="n", allowed=ALLOW).not_after == clock.now + timedelta(hours=2, minutes=-1)
+    assert ca.sign_csr(csr, caller="n", allowed=ALLOW).not_after == clock.now + timedelta(hours=2)
     assert ca.sign_csr(csr, caller="n", allowed=ALLOW, ttl=timedelta(days=1)).not_after == \
-        clock.now + timedelta(hours=4, minutes=-1)
+        clock.now + timedelta(hours=4)
 
 
 @pytest.mark.parametrize("make_key", [
@@ -499,7 +500,7 @@ def test_issue_server_cert(ca: CertificateAuthority, clock: Any, workload_key: e
     assert san.value.get_values_for_type(x509.DNSName) == ["istiod.istio-system.svc", "zeromesh-cp"]
     assert san.value.get_values_for_type(x509.IPAddress) == [IPv4Address("10.96.0.10"), IPv6Address("::1")]
     assert ExtendedKeyUsageOID.SERVER_AUTH in _ext(leaf, x509.ExtendedKeyUsage).value
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=30)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=30, minutes=1)
     verify_chain(leaf, [], ca.roots, at=clock.now)
     assert openssl_verify(signed.chain_pem).returncode == 0
     record = ca.recent()[-1]
