@@ -43,6 +43,7 @@ class WorkloadCert:
     chain: list[x509.Certificate]
     chain_pem: list[str]
     directory: Path
+    obtained_at: dt.datetime | None = None
     _server: ssl.SSLContext | None = field(default=None, repr=False)
     _client: ssl.SSLContext | None = field(default=None, repr=False)
 
@@ -56,7 +57,12 @@ class WorkloadCert:
 
     @property
     def refresh_at(self) -> dt.datetime:
-        return refresh_at(self.leaf)
+        """Half-life (Istio's rule); with a backdated not_before, never earlier than half of the
+        lifetime left when we got it, so short-lived certificates are not renewed in a loop."""
+        half = refresh_at(self.leaf)
+        if self.obtained_at is None:
+            return half
+        return max(half, self.obtained_at + (self.not_after - self.obtained_at) / 2)
 
     def _files(self) -> tuple[str, str]:
         """ssl can only load a key from a file: keep them in a root-only runtime directory."""
@@ -165,7 +171,7 @@ class CertManager:
         if got != [spiffe.uri]:
             raise ValueError(f"CA returned a certificate for {got}, not {spiffe.uri}")
         old = self.certs.get(ident)
-        cert = WorkloadCert(spiffe, key, chain, chain_pem, self.directory)
+        cert = WorkloadCert(spiffe, key, chain, chain_pem, self.directory, obtained_at=self.clock())
         self.certs[ident] = cert
         self.failures.pop(ident, None)
         for side in ("server", "client"):          # listeners pick the new certificate up
