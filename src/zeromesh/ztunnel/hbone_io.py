@@ -232,6 +232,10 @@ class HboneLink(asyncio.Protocol):
             self.lost.set_result(None)
 
     # ---- plumbing -------------------------------------------------------------------------------
+    def _peer_text(self) -> str:
+        ident = ",".join(self.peer_identities) or "no identity"
+        return f"{self.peer[0]}:{self.peer[1]} ({ident})" if self.peer else f"? ({ident})"
+
     def flush(self) -> None:
         bufs = self.conn.data_to_send()
         if bufs and self.transport is not None and not self.transport.is_closing():
@@ -284,6 +288,8 @@ class HboneLink(asyncio.Protocol):
                     s.feed_eof()
             case StreamReset(sid, code, remote):
                 s = self.streams.pop(sid, None)
+                if not remote:
+                    log.warning("HBONE stream %d from %s refused: %r", sid, self._peer_text(), code)
                 if s is not None:
                     s.fail(f"stream reset ({'peer' if remote else 'local'}): {code!r}")
             case WindowUpdated(sid):
@@ -294,6 +300,9 @@ class HboneLink(asyncio.Protocol):
                     s.wake()
             case ConnectionTerminated(code, _last, debug, remote):
                 reason = f"HBONE connection terminated ({'peer' if remote else 'local'}): {code!r} {debug!r}"
+                if not remote:
+                    log.warning("HBONE connection from %s closed: %r %s", self._peer_text(), code,
+                                debug.decode(errors="replace"))
                 for s in list(self.streams.values()):
                     s.fail(reason)
                 self.streams.clear()
