@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone")
+PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone", "zeromesh.policy")
 FORBIDDEN = frozenset({"asyncio", "socket", "subprocess"})
 ALLOWED_INTERNAL = (*PURE_PACKAGES, "zeromesh.errors")
 
