@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zeromesh.identity.spiffe import SpiffeId
+from zeromesh.policy import CompiledPolicy, Enforcer, PolicySet, applicable, compile_policy
+from zeromesh.policy import Workload as PolicyWorkload
 
 HBONE = "HBONE"
 ROOT_NAMESPACE = "istio-system"
@@ -73,7 +75,18 @@ class Snapshot:
     services_by_vip: Mapping[str, ServiceInfo] = field(default_factory=dict)
     peer_auth: tuple[PeerAuth, ...] = ()
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    authz: tuple[CompiledPolicy, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
+    _sets: dict[str, PolicySet] = field(default_factory=dict, compare=False, repr=False)
+
+    def policy_set(self, wl: WorkloadInfo) -> PolicySet:
+        """The AuthorizationPolicies in force for one destination, built once per snapshot."""
+        ps = self._sets.get(wl.uid)
+        if ps is None:
+            ps = applicable(self.authz, PolicyWorkload(wl.namespace, wl.labels, wl.service_account),
+                            root_namespace=self.root_namespace)
+            self._sets[wl.uid] = ps
+        return ps
 
     @classmethod
     def from_state(cls, state: Mapping[str, Mapping[str, Any]], version: str,
@@ -109,6 +122,9 @@ class Snapshot:
             pas.append(PeerAuth(md["namespace"], md["name"], md.get("creationTimestamp", ""),
                                 dict(sel) if sel is not None else None,
                                 str((spec.get("mtls") or {}).get("mode", "UNSET")).upper(), port_modes))
+        policies = state.get("authorizationpolicies.security.istio.io", {})
+        authz = tuple(compile_policy(obj, Enforcer.ZTUNNEL, root_namespace=ROOT_NAMESPACE)
+                      for obj in policies.values())
         return cls(version=version, trust_domain=trust_domain, workloads_by_uid=workloads,
                    workloads_by_ip=by_ip, services_by_vip=services, peer_auth=tuple(pas),
-                   policies=state.get("authorizationpolicies.security.istio.io", {}))
+                   policies=policies, authz=authz)

@@ -23,6 +23,7 @@ from zeromesh.hbone import HboneError, TunnelRequested
 from zeromesh.identity.spiffe import SpiffeId
 from zeromesh.netns import podredirect
 from zeromesh.nodeagent.certs import CertManager
+from zeromesh.policy import Request, evaluate
 from zeromesh.ztunnel import plan as P
 from zeromesh.ztunnel.config import Snapshot, WorkloadInfo
 from zeromesh.ztunnel.hbone_io import HboneLink, TunnelStream, relay_tunnel
@@ -45,6 +46,8 @@ class PodProxy:
         self.netns = netns
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: set[asyncio.Task[Any]] = set()
+        # Open inbound connections and how to end them, re-decided when policies change.
+        self.inbound: dict[int, tuple[Request, Connection, Callable[[], None]]] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(podredirect.install, self.netns, self.wl.ip)
@@ -169,6 +172,14 @@ class PodProxy:
             self.zt.telemetry.failed(conn)
             writer.transport.abort()
             return
+        request = Request(None, peer[0], self.wl.ip, dst_port)
+        decision = evaluate(snap.policy_set(self.wl), request)
+        if not decision.allowed:
+            conn.error = f"RBAC: {decision.reason}"
+            conn.flags = "DENY"
+            self.zt.telemetry.failed(conn)
+            writer.transport.abort()
+            return
         try:
             upstream = await self.connect_in_pod(self.wl.ip, dst_port, source=(peer[0], 0))
         except (OSError, TimeoutError) as e:
@@ -177,7 +188,12 @@ class PodProxy:
             writer.transport.abort()
             return
         self.zt.telemetry.opened(conn)
-        conn.error = await relay((reader, writer), upstream, conn_sent(conn), conn_recv(conn))
+        key = id(conn)
+        self.inbound[key] = (request, conn, lambda: (writer.transport.abort(), upstream[1].transport.abort()))
+        try:
+            conn.error = await relay((reader, writer), upstream, conn_sent(conn), conn_recv(conn))
+        finally:
+            self.inbound.pop(key, None)
         self.zt.telemetry.closed(conn)
 
 
@@ -213,9 +229,28 @@ class Ztunnel:
     def local_enrolled(self, snap: Snapshot) -> dict[str, WorkloadInfo]:
         return {uid: w for uid, w in snap.workloads_by_uid.items() if w.node == self.node and w.meshed}
 
+    def recheck(self, snap: Snapshot) -> None:
+        """Policies changed: close open connections the new policies deny (as Istio's ztunnel)."""
+        for pod in self.pods.values():
+            wl = snap.workloads_by_uid.get(pod.wl.uid)
+            if wl is None:
+                continue
+            ps = snap.policy_set(wl)
+            for key, (request, conn, close) in list(pod.inbound.items()):
+                decision = evaluate(ps, request)
+                if not decision.allowed:
+                    conn.error = f"connection closed due to policy change: {decision.reason}"
+                    conn.flags = "DENY"
+                    self.telemetry.closed_by_policy(conn)
+                    pod.inbound.pop(key, None)
+                    close()
+
     async def update(self, snap: Snapshot) -> None:
-        """Swap the snapshot in, then enroll and release pods to match it."""
+        """Swap the snapshot in, re-decide open connections, enroll and release pods to match it."""
+        old = self.snapshot
         self.snapshot = snap
+        if old.policies != snap.policies:
+            self.recheck(snap)
         async with self._lock:
             want = self.local_enrolled(snap)
             for uid in [u for u in self.pods if u not in want or want[u].ip != self.pods[u].wl.ip]:
@@ -297,9 +332,16 @@ class Ztunnel:
             answer(401, f"no SPIFFE identity of trust domain {self.trust_domain} in the client "
                         "certificate")
             return
-        decision = P.admit_inbound(snap.workloads_by_uid.get(pod.wl.uid), req.authority)
+        local = snap.workloads_by_uid.get(pod.wl.uid)
+        decision = P.admit_inbound(local, req.authority)
         if isinstance(decision, P.Reject):
             answer(decision.status, decision.reason)
+            return
+        assert local is not None
+        request = Request(identity.removeprefix("spiffe://"), peer_ip, decision.ip, decision.port)
+        verdict = evaluate(snap.policy_set(local), request)
+        if not verdict.allowed:
+            answer(401, f"RBAC: {verdict.reason}")
             return
         try:
             app = await pod.connect_in_pod(decision.ip, decision.port, source=(peer_ip, 0))
@@ -308,7 +350,16 @@ class Ztunnel:
             return
         answer(200)
         self.telemetry.opened(conn)
-        conn.error = await relay_tunnel(app, stream, conn_recv(conn), conn_sent(conn))
+        key = id(conn)
+
+        def close() -> None:
+            stream.abort()
+            app[1].transport.abort()
+        pod.inbound[key] = (request, conn, close)
+        try:
+            conn.error = await relay_tunnel(app, stream, conn_recv(conn), conn_sent(conn))
+        finally:
+            pod.inbound.pop(key, None)
         self.telemetry.closed(conn)
 
     # ---- outbound HBONE -----------------------------------------------------------------------

@@ -122,6 +122,9 @@ class Telemetry:
         m.received.labels(**labels).inc(c.bytes_sent)
         log.info(json.dumps({"msg": "connection complete", **c.log_fields()}))
 
+    def closed_by_policy(self, c: Connection) -> None:
+        log.warning(json.dumps({"msg": "connection closed due to policy change", **c.log_fields()}))
+
     def failed(self, c: Connection) -> None:
         c.flags = c.flags if c.flags != "-" else "CONNECT"
         self.metrics.failed.labels(**c.labels()).inc()
