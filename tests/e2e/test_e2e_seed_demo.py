@@ -1,0 +1,61 @@
+"""The conference demo (examples/istio-ambient-demo = ../shared/seed-demo), its files applied
+unchanged, step by step as its README describes; steps 5+ arrive with the gateway and waypoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2ekit import SEED, Cluster
+
+NS2_ECHO = "http://echoserver-service-ns2.ns2.svc.cluster.local"
+NS1_ECHO = "http://echoserver-service-ns1.ns1.svc.cluster.local"
+
+
+def reaches(c: Cluster, ns: str, deploy: str, url: str) -> bool:
+    return c.curl(ns, f"deploy/{deploy}", url).returncode == 0
+
+
+def eventually(check, what: str, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def demo(cluster: Cluster) -> Iterator[Cluster]:
+    yield cluster
+
+
+def test_step1_resources_run_and_are_meshed(demo: Cluster) -> None:
+    demo.apply(SEED / "resources-ns1.yaml", SEED / "resources-ns2.yaml")
+    demo.wait_ready("ns1", count=3)
+    demo.wait_ready("ns2", count=4)
+    for ns in ("ns1", "ns2"):
+        assert demo.get("namespaces", None, ns)["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    eventually(lambda: "HBONE" in demo.z("ztunnel-config", "workloads", "--node", "node1").stdout,
+               "workloads not enrolled")
+
+
+def test_step2_sleep_reaches_echo_over_mtls(demo: Cluster) -> None:
+    eventually(lambda: reaches(demo, "ns1", "sleep-depl-ns1", NS2_ECHO), "ns1 sleep cannot reach ns2 echo")
+    r = demo.curl("ns1", "deploy/sleep-depl-ns1", NS2_ECHO)
+    assert "echoserver-depl-ns2-v" in json.loads(r.stdout)["pod"]
+    certs = demo.z("ztunnel-config", "certificates").stdout
+    assert "spiffe://cluster.local/ns/ns1/sa/sleep-service-account-ns1" in certs
+    assert "spiffe://cluster.local/ns/ns2/sa/echo-service-account-ns2" in certs
+
+
+def test_step3_deny_all_refuses(demo: Cluster) -> None:
+    demo.apply(SEED / "deny-all-l4.yaml")
+    eventually(lambda: not reaches(demo, "ns1", "sleep-depl-ns1", NS2_ECHO), "deny-all did not refuse")
+
+
+def test_step4_allow_ns1_sleep_to_ns2_echo_only(demo: Cluster) -> None:
+    demo.apply(SEED / "allow-comms-echo-ns2.yaml")
+    eventually(lambda: reaches(demo, "ns1", "sleep-depl-ns1", NS2_ECHO), "the allow did not open the path")
+    assert not reaches(demo, "ns2", "sleep-depl-ns2", NS1_ECHO)
+    assert not reaches(demo, "ns1", "notsleep-depl-ns1", NS2_ECHO)
