@@ -159,6 +159,16 @@ def test_classic_lockdown(mesh: Cluster) -> None:
     assert "no ALLOW policy matched" in log and "sample-server/allow-curl" in log
     assert "spiffe://cluster.local/ns/sample-client/sa/other" in log
     assert failed_denies(mesh) > denies
+    # The explainer, from the live configuration, names the deciding policy for both clients.
+    echo = next(p for p in mesh.pods("sample-server") if p["metadata"]["name"].startswith("echo-"))
+    pod = f"sample-server/{echo['metadata']['name']}"
+    r = mesh.z("x", "authz", "check", "--pod", pod, "--port", "8080", "--source-principal",
+               "cluster.local/ns/sample-client/sa/curl", check=False)
+    assert r.returncode == 0 and "allowed by ALLOW policy sample-server/allow-curl rule 0" in r.stdout
+    r = mesh.z("x", "authz", "check", "--pod", pod, "--port", "8080", "--source-principal",
+               "cluster.local/ns/sample-client/sa/other", check=False)
+    assert r.returncode == 1 and "no ALLOW policy matched" in r.stdout
+    assert "sample-server/deny-all" in r.stdout
 
 
 def test_plaintext_client_refused_by_allow_by_principal(mesh: Cluster) -> None:

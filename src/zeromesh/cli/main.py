@@ -581,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--pem", action="store_true", help="also print the root certificate")
     s.set_defaults(func=cmd_x_ca)
+    from zeromesh.cli.authz import add_parser as add_authz
+    add_authz(xsub, common)
 
     s = sub.add_parser("ztunnel-config", parents=[common],
                        help="what the ztunnels know: workloads, services, certificates")
