@@ -213,3 +213,42 @@ def test_open_connection_closed_when_a_new_policy_denies_it(mesh: Cluster) -> No
     for name in ("deny-client-ns", "allow-curl"):
         mesh.z("delete", "authorizationpolicy", name, "-n", "sample-server")
     mesh.z("delete", "authorizationpolicy", "deny-all", "-n", "sample-client")
+
+
+def test_policy_status_says_what_the_ztunnel_cannot_enforce(mesh: Cluster) -> None:
+    mesh.apply("-", input=textwrap.dedent("""\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: get-only, namespace: sample-server}
+        spec:
+          selector: {matchLabels: {app: echo}}
+          rules:
+            - from: [{source: {principals: [cluster.local/ns/sample-client/sa/curl]}}]
+              to: [{operation: {methods: [GET]}}]
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: plain-allow, namespace: sample-server}
+        spec:
+          selector: {matchLabels: {app: nothing-here}}
+          rules: [{from: [{source: {namespaces: [sample-client]}}]}]
+        """))
+
+    def cond(name: str) -> dict[str, str] | None:
+        ap = mesh.get("authorizationpolicies.security.istio.io", "sample-server", name)
+        return next((c for c in ap.get("status", {}).get("conditions", [])
+                     if c["type"] == "ZtunnelAccepted"), None)
+    eventually(lambda: cond("get-only") is not None and cond("plain-allow") is not None, 10,
+               "no status written")
+    got = cond("get-only")
+    assert got is not None and got["status"] == "False" and "methods" in got["message"]
+    assert cond("plain-allow") == {**cond("plain-allow"), "status": "True"}    # type: ignore[dict-item]
+    y = mesh.z("get", "authorizationpolicy", "get-only", "-n", "sample-server", "-o", "yaml").stdout
+    assert "ztunnel does not support HTTP attributes" in y
+    # The L7 rule is left out at L4: that ALLOW policy now matches nothing, so curl is refused.
+    eventually(lambda: not ok(mesh, "sample-client", "deploy/curl"), 5, "the L7-only ALLOW did not close")
+    eventually(lambda: "AuthorizationPolicy sample-server/get-only at the ztunnel" in node2_log(mesh), 5,
+               "the node agent did not log what it left out")
+    for name in ("get-only", "plain-allow"):
+        mesh.z("delete", "authorizationpolicy", name, "-n", "sample-server")
+    eventually(lambda: ok(mesh, "sample-client", "deploy/curl"), 5, "access did not come back")

@@ -29,6 +29,7 @@ from zeromesh.identity.files import write_credential
 from zeromesh.identity.spiffe import NodeId, PodId
 from zeromesh.local.state import ClusterConfig, Paths
 from zeromesh.netns.enter import call_in_netns
+from zeromesh.policy import Enforcer, compile_policy, status_message
 
 log = logging.getLogger("zeromesh.mesh")
 
@@ -36,6 +37,7 @@ XDS_PORT_IN_NODES = 15012      # istiod's port; pods (waypoints) reach it at the
 NODE_CREDENTIAL_TTL = dt.timedelta(days=30)
 SERVER_NAME = "istiod.istio-system.svc"
 WAYPOINT_CONDITION = "istio.io/WaypointBound"
+AUTHZ = "authorizationpolicies.security.istio.io"
 
 
 class MeshService:
@@ -67,11 +69,34 @@ class MeshService:
     def on_change(self, type_: str, resource: str, obj: dict[str, Any]) -> None:
         if not self._loaded or resource not in INPUT_RESOURCES:
             return
+        if resource == AUTHZ and type_ != "DELETED":
+            asyncio.get_running_loop().call_soon(self._policy_status, obj)
         changes = self.model.update(resource, obj, deleted=type_ == "DELETED")
         problems = changes.records.pop("problem", {})
         self.push.changed(changes.records)
         if problems:
             asyncio.get_running_loop().call_soon(self._write_problems, problems)
+
+    def _policy_status(self, obj: dict[str, Any]) -> None:
+        """Say on the policy what the ztunnel enforces of it, as istiod's status does."""
+        md = obj["metadata"]
+        live = self.store.get(AUTHZ, md["namespace"], md["name"])
+        if live is None:
+            return
+        compiled = compile_policy(live, Enforcer.ZTUNNEL)
+        message = status_message(compiled)
+        status = live.setdefault("status", {})
+        if message:
+            changed = o.set_condition(status, "ZtunnelAccepted", "False", "UnsupportedValue", message)
+        elif live.get("spec", {}).get("targetRef") or live.get("spec", {}).get("targetRefs"):
+            changed = o.set_condition(status, "ZtunnelAccepted", "False", "NotApplicable",
+                                      "targetRefs policies are enforced by waypoints, not the ztunnel")
+        else:
+            changed = o.set_condition(status, "ZtunnelAccepted", "True", "Accepted", "")
+        if changed:
+            self.store.put(AUTHZ, live)
+        if message:
+            log.info("AuthorizationPolicy %s/%s: %s", md["namespace"], md["name"], message)
 
     def _write_problems(self, problems: dict[str, Problem | None]) -> None:
         for key, prob in problems.items():
@@ -164,6 +189,8 @@ class MeshService:
         problems = changes.records.pop("problem", {})
         if problems:
             self._write_problems(problems)
+        for ap in self.store.list(AUTHZ):
+            self._policy_status(ap)
         tls = server_tls(str(self.paths.tls / "server-chain.pem"), str(self.paths.tls / "server-key.pem"),
                          str(self.paths.root_cert))
         app = self.push.app()

@@ -82,6 +82,10 @@ class NodeAgent:
 
     async def _on_state(self, state: dict[str, dict[str, Any]], version: str) -> None:
         snap = Snapshot.from_state(state, version, self.cfg.trust_domain)
+        old = self.ztunnel.snapshot.policies
+        for pol in snap.authz:
+            if pol.notes and old.get(pol.key) != snap.policies.get(pol.key):
+                log.warning("AuthorizationPolicy %s at the ztunnel: %s", pol.key, "; ".join(pol.notes))
         enrolled = self.ztunnel.local_enrolled(snap)
         self.certs.want({(w.namespace, w.service_account) for w in enrolled.values()})
         await self.ztunnel.update(snap)
