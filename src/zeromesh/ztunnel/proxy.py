@@ -22,13 +22,14 @@ from zeromesh.errors import NetnsError
 from zeromesh.hbone import HboneError, TunnelRequested
 from zeromesh.identity.spiffe import SpiffeId
 from zeromesh.netns import podredirect
+from zeromesh.netns.enter import NetnsWorker
 from zeromesh.nodeagent.certs import CertManager
 from zeromesh.policy import Request, evaluate
 from zeromesh.ztunnel import plan as P
 from zeromesh.ztunnel.config import Snapshot, WorkloadInfo
 from zeromesh.ztunnel.hbone_io import HboneLink, TunnelStream, relay_tunnel
 from zeromesh.ztunnel.relay import relay
-from zeromesh.ztunnel.sockets import connect_socket_in_netns, listen_in_netns, original_dst
+from zeromesh.ztunnel.sockets import listen_in_netns, new_connect_socket, original_dst
 from zeromesh.ztunnel.telemetry import Connection, Telemetry
 
 log = logging.getLogger("zeromesh.ztunnel")
@@ -46,10 +47,12 @@ class PodProxy:
         self.netns = netns
         self.servers: list[asyncio.AbstractServer] = []
         self.connections: set[asyncio.Task[Any]] = set()
+        self.worker: NetnsWorker | None = None     # makes this pod's sockets without a thread each
         # Open inbound connections and how to end them, re-decided when policies change.
         self.inbound: dict[int, tuple[Request, Connection, Callable[[], None]]] = {}
 
     async def start(self) -> None:
+        self.worker = await asyncio.to_thread(NetnsWorker, self.netns)
         await asyncio.to_thread(podredirect.install, self.netns, self.wl.ip)
         try:
             for port, handler, transparent in (
@@ -74,6 +77,16 @@ class PodProxy:
             with contextlib.suppress(NetnsError, OSError):
                 await asyncio.to_thread(podredirect.remove, self.netns)
             log.info("removed %s/%s from the mesh", self.wl.namespace, self.wl.name)
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    async def new_socket(self, source: tuple[str, int] | None = None) -> socket.socket:
+        """A marked socket inside this pod's namespace, from its long-lived worker thread."""
+        if self.worker is None:
+            raise OSError(f"pod {self.wl.namespace}/{self.wl.name} is no longer enrolled")
+        return await asyncio.wrap_future(
+            self.worker.submit(lambda: new_connect_socket(transparent_source=source)))
 
     def spawn(self, coro: Any) -> None:
         """Run a connection handler, keeping a reference until it is done; a bug in it is
@@ -96,7 +109,7 @@ class PodProxy:
     async def connect_in_pod(self, ip: str, port: int,
                               source: tuple[str, int] | None = None
                               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        sock = await asyncio.to_thread(connect_socket_in_netns, self.netns, transparent_source=source)
+        sock = await self.new_socket(source)
         try:
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)),
                                    CONNECT_TIMEOUT)
@@ -440,7 +453,7 @@ class Pool:
     async def _connect(self, pod: PodProxy, decision: P.Tunnel, expected: set[str]) -> HboneLink:
         cert = await self.zt.certs.get(pod.wl.namespace, pod.wl.service_account)
         ctx = self.zt.certs.client_context(cert, self.zt.roots())
-        sock = await asyncio.to_thread(connect_socket_in_netns, pod.netns)
+        sock = await pod.new_socket()
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (decision.ip, decision.port)),

@@ -51,8 +51,9 @@ def listen_in_netns(netns: str, port: int, *, transparent: bool = False, backlog
     as Istio's ztunnel does.
     """
     def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # accepted sockets inherit it
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             mark(s, mark_value)
@@ -75,6 +76,27 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), port
 
 
+def new_connect_socket(mark_value: int = PROXY_MARK,
+                       transparent_source: tuple[str, int] | None = None) -> socket.socket:
+    """A marked, non-blocking TCP socket in the *calling thread's* namespace (see
+    `connect_socket_in_netns`, or run it on a `NetnsWorker` of the pod)."""
+    # IPPROTO_TCP explicitly: asyncio only turns Nagle off for sockets whose proto says TCP,
+    # and a relay must never hold small writes back (tunnels share one TLS connection).
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark_value)
+        if transparent_source is not None:
+            s.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
+            s.setsockopt(SOL_IP, IP_FREEBIND, 1)
+            s.bind(transparent_source)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def connect_socket_in_netns(netns: str, *, mark: int = PROXY_MARK,
                             transparent_source: tuple[str, int] | None = None) -> socket.socket:
     """A non-blocking, marked TCP socket inside the pod's netns, ready for ``loop.sock_connect``.
@@ -83,19 +105,4 @@ def connect_socket_in_netns(netns: str, *, mark: int = PROXY_MARK,
     address so the peer sees the original client; the replies reach this
     socket only through the pod's policy route (see `podredirect`).
     """
-    mark_value = mark
-
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark_value)
-            if transparent_source is not None:
-                s.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
-                s.setsockopt(SOL_IP, IP_FREEBIND, 1)
-                s.bind(transparent_source)
-            s.setblocking(False)
-        except BaseException:
-            s.close()
-            raise
-        return s
-    return call_in_netns(netns, make)
+    return call_in_netns(netns, lambda: new_connect_socket(mark, transparent_source))
