@@ -99,16 +99,22 @@ class TunnelStream:
         self._error: str | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
+        self.pipe: _AppPipe | None = None
 
     # ---- fed by the link ------------------------------------------------------------------
     def feed(self, data: memoryview, flow: int) -> None:
-        """Kept as the view the core lent us (no copy) until it is written onward."""
+        """Straight to the app when a pipe is attached; else kept (no copy) until read."""
+        if self.pipe is not None:
+            self.pipe.deliver(data, flow)
+            return
         self._chunks.append((data, flow))
         self._readable.set()
 
     def feed_eof(self) -> None:
         self._eof = True
         self._readable.set()
+        if self.pipe is not None:
+            self.pipe.peer_eof()
 
     def fail(self, reason: str) -> None:
         self._error = reason
@@ -116,9 +122,24 @@ class TunnelStream:
         self._writable.set()
         if not self.opened.done():
             self.opened.set_exception(ConnectionResetError(reason))
+        if self.pipe is not None:
+            self.pipe.peer_failed(reason)
 
     def wake(self) -> None:
         self._writable.set()
+        if self.pipe is not None:
+            self.pipe._push()
+
+    def attach(self, pipe: _AppPipe) -> None:
+        """From now on the tunnel talks to the app's transport directly."""
+        self.pipe = pipe
+        while self._chunks:
+            data, flow = self._chunks.popleft()
+            pipe.deliver(data, flow)
+        if self._error is not None:
+            pipe.peer_failed(self._error)
+        elif self._eof:
+            pipe.peer_eof()
 
     # ---- used by the relay ------------------------------------------------------------------
     async def read(self) -> tuple[memoryview, int]:
@@ -217,11 +238,18 @@ class HboneLink(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    @property
+    def write_paused(self) -> bool:
+        return not self._writable.is_set()
+
     def pause_writing(self) -> None:
         self._writable.clear()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        for s in list(self.streams.values()):
+            if s.pipe is not None:
+                s.pipe._push()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for s in list(self.streams.values()):
@@ -320,43 +348,136 @@ class HboneLink(asyncio.Protocol):
         return stream
 
 
+class _AppPipe(asyncio.Protocol):
+    """The application's TCP connection wired straight to a tunnel.
+
+    Bytes move inside the transport callbacks, with no stream reader and no task
+    hop per chunk; backpressure both ways: app reading pauses while the tunnel has
+    no credit (or the TLS connection's buffer is full), and credit is returned to
+    the peer only once the app's transport has taken the bytes without backing up.
+    """
+
+    def __init__(self, transport: asyncio.Transport, tunnel: TunnelStream,
+                 on_up: Callable[[int], None], on_down: Callable[[int], None]) -> None:
+        self.transport = transport
+        self.tunnel = tunnel
+        self.on_up = on_up
+        self.on_down = on_down
+        self.pending: memoryview | None = None     # app bytes waiting for tunnel credit
+        self.app_eof = False
+        self.up_done = False
+        self.down_done = False
+        self.app_paused = False                    # the app's write buffer is full
+        self.owed = 0                              # credit held back while app_paused
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    # ---- app -> tunnel ----------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.on_up(len(data))
+        if self.pending is not None:
+            self.pending = memoryview(bytes(self.pending) + data)
+        else:
+            self.pending = memoryview(data)
+        self._push()
+
+    def _push(self) -> None:
+        t = self.tunnel
+        if t._error is not None:
+            return
+        view = self.pending
+        if view is not None:
+            try:
+                n = t.link.conn.send_data(t.id, view)
+            except HboneError as e:
+                self._finish(f"tunnel: {e}", abort=True)
+                return
+            t.link.flush()
+            view = view[n:] if n < len(view) else None
+            self.pending = view
+        if self.pending is not None or t.link.write_paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+            if self.app_eof and not self.up_done:
+                t.write_eof()
+                self.up_done = True
+                self._maybe_finish()
+
+    def eof_received(self) -> bool:
+        self.app_eof = True
+        self._push()
+        return True
+
+    def pause_writing(self) -> None:
+        self.app_paused = True
+
+    def resume_writing(self) -> None:
+        self.app_paused = False
+        if self.owed:
+            self.tunnel.ack(self.owed)
+            self.owed = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.tunnel.abort()
+            self._finish(f"application side: {exc}" if exc else "", abort=False)
+
+    # ---- tunnel -> app (called by the TunnelStream) --------------------------------------------
+    def deliver(self, data: memoryview, flow: int) -> None:
+        self.transport.write(data)
+        self.on_down(len(data))
+        if self.app_paused:
+            self.owed += flow
+        else:
+            self.tunnel.ack(flow)
+
+    def peer_eof(self) -> None:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.down_done = True
+        self._maybe_finish()
+
+    def peer_failed(self, reason: str) -> None:
+        self._finish(reason, abort=True)
+
+    def _maybe_finish(self) -> None:
+        if self.up_done and self.down_done:
+            self._finish("", abort=False)
+
+    def _finish(self, error: str, abort: bool) -> None:
+        if self.done.done():
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+        self.done.set_result(error)
+
+
 async def relay_tunnel(app: tuple[asyncio.StreamReader, asyncio.StreamWriter], tunnel: TunnelStream,
-                       on_up: Callable[[int], None], on_down: Callable[[int], None],
-                       chunk: int = 256 * 1024) -> str:
-    """App ↔ tunnel, both directions, half-close aware; returns "" or the error that ended it."""
+                       on_up: Callable[[int], None], on_down: Callable[[int], None]) -> str:
+    """App ↔ tunnel, both directions, half-close aware; returns "" or the error that ended it.
+
+    The app connection arrives as asyncio streams (accepted or connected); its
+    transport is handed to an `_AppPipe`, taking along whatever the stream reader
+    had already buffered (a client often sends its request before the tunnel is up).
+    """
     reader, writer = app
-
-    async def up() -> None:
-        try:
-            while True:
-                data = await reader.read(chunk)
-                if not data:
-                    tunnel.write_eof()
-                    return
-                await tunnel.write(data)
-                on_up(len(data))
-        except (ConnectionError, OSError) as e:
-            tunnel.abort()
-            raise ConnectionResetError(f"application side: {e}") from e
-
-    async def down() -> None:
-        try:
-            while True:
-                data, flow = await tunnel.read()
-                if not data:
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    return
-                writer.write(data)
-                on_down(len(data))
-                await writer.drain()
-                tunnel.ack(flow)
-        except (ConnectionError, OSError):
-            writer.transport.abort()
-            raise
-
-    results = await asyncio.gather(up(), down(), return_exceptions=True)
-    tunnel.done()
-    writer.close()
-    errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
-    return errors[0] if errors else ""
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    pipe = _AppPipe(transport, tunnel, on_up, on_down)
+    buffered = bytes(reader._buffer)     # what the stream reader took in before the hand-over
+    reader._buffer.clear()
+    already_eof = reader._eof
+    transport.set_protocol(pipe)
+    tunnel.attach(pipe)
+    if buffered:
+        pipe.data_received(buffered)
+    if already_eof:
+        pipe.eof_received()
+    elif pipe.pending is None:
+        transport.resume_reading()
+    try:
+        return await pipe.done
+    finally:
+        tunnel.done()
