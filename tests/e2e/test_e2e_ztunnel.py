@@ -206,6 +206,9 @@ def test_enrollment_encrypts_without_restarting_apps(mesh: Cluster, tmp_path: Pa
     assert "spiffe://cluster.local/ns/sample-client/sa/curl" in out
     wl = mesh.z("ztunnel-config", "workloads", "--node", "node1").stdout
     assert "HBONE" in wl and "TCP" in wl
+    # The CLI shows where each node agent's metrics are.
+    port = load_config(Paths(mesh.name)).node_ports["node1"]["metrics"]
+    assert f"127.0.0.1:{port}" in mesh.z("ps").stdout
 
 
 def test_mesh_and_non_mesh_together(mesh: Cluster) -> None:

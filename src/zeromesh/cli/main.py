@@ -40,6 +40,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                      workload_cert_ttl=args.workload_cert_ttl)
     flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
     print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
+    for node, ports in sorted(cfg.node_ports.items()):
+        print(f"  {node} node agent: metrics http://127.0.0.1:{ports['metrics']}/metrics, "
+              f"admin http://127.0.0.1:{ports['admin']}/config_dump")
     print(f"""
 Try:
   zeromesh{flag} apply -f examples/
@@ -403,12 +406,17 @@ def cmd_nodeagent(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """istioctl proxy-status: every connected proxy and whether it has the latest config."""
+    from zeromesh.local.state import Paths, load_config
     res = _client(args).call("GET", "/v1/proxies")
-    rows = [["NAME", "KIND", "NODE", "IDENTITY", "SENT", "ACKED", "STATUS"]]
+    cfg = load_config(Paths(_cluster(args)))
+    ports = cfg.node_ports if cfg else {}
+    rows = [["NAME", "KIND", "NODE", "IDENTITY", "SENT", "ACKED", "STATUS", "METRICS"]]
     for px in res["proxies"]:
         state = "SYNCED" if px["in_sync"] else ("NACKED" if px["last_nack"] else "STALE")
+        metrics = ports.get(px["node"], {}).get("metrics") if px["kind"] == "nodeagent" else None
         rows.append([px["name"], px["kind"], px["node"] or "-", px["identity"],
-                     px["sent_version"], px["acked_version"], state])
+                     px["sent_version"], px["acked_version"], state,
+                     f"127.0.0.1:{metrics}" if metrics else "-"])
     print(_layout(rows))
     print(f"\ncontrol plane version {res['version']}; {len(res['proxies'])} proxies connected")
     for px in res["proxies"]:
