@@ -213,7 +213,8 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
     for node in plan.node_names():
         for daemon in (f"runner-{node}", f"nodeagent-{node}"):
             if not _daemon_running(paths, daemon):
-                progress(f"starting {daemon.replace('-', ' on ', 1) if 'agent' in daemon else node}")
+                progress(f"starting the node agent of {node}" if daemon.startswith("nodeagent")
+                         else f"starting {node}")
                 _start_daemon(paths, daemon)
     waiting: set[str] = set(plan.node_names())
     shown = ""
