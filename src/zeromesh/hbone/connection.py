@@ -162,6 +162,11 @@ class HboneConnection(ConnectionCore):
             return
         self._silence(stream)
         self._advance(stream, StreamInput.SEND_END_STREAM)
+        if stream.state is not _CLOSED:
+            # The request side is still open: ask the client to stop without error (RFC 9113
+            # 8.1), so a client that never half-closes does not hold a stream slot for good.
+            self._out.append(rst_stream(stream_id, ErrorCode.NO_ERROR))
+            self._close(stream, reset=True, by_us=True)
 
     # --- both sides ---------------------------------------------------------------------------
 

@@ -432,3 +432,17 @@ def test_small_buffers_are_coalesced_large_payloads_passed_through() -> None:
     assert buffers[1] is big  # never copied on the way out
     events = [e for b in buffers for e in link.server.receive(b)]
     assert b"".join(bytes(e.data) for e in only(events, DataReceived)) == b"tiny" + big + b"tail"
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_refusal_frees_the_servers_stream_slot_at_once(status: int) -> None:
+    """A client that never half-closes must not keep a refused stream open on the server."""
+    link = FakeLink()
+    sid = link.client.open_tunnel("10.0.0.7:8080")
+    link.to_server()
+    link.server.respond(sid, status)
+    assert link.server.stream_state(sid) is StreamState.CLOSED
+    assert link.server.open_streams == 0
+    client_events, _ = link.pump()
+    assert client_events == [TunnelRefused(sid, status, ())]     # the NO_ERROR reset is no news
+    assert link.client.stream_state(sid) is StreamState.CLOSED
