@@ -251,8 +251,9 @@ def _authz_post(ctx: Ctx, spec: dict[str, Any], path: str) -> None:
             l4_from = any(present(s, _L4_SOURCE) for _, s in sources)
             l4_to = any(present(o, ("ports", "notPorts")) for _, o in operations)
             if (sources and not operations and not l4_from) or (operations and not l4_to):
-                ctx.warn(where, "this DENY rule uses only HTTP attributes, so it denies all "
-                                "traffic to TCP ports in its scope; specify the ports")
+                ctx.warn(where, "this DENY rule uses only HTTP attributes: the ztunnel cannot see "
+                                "them and ignores the rule, while a waypoint denies all non-HTTP "
+                                "(TCP) traffic in its scope with it; specify the ports")
 
 
 AUTHZ_SPEC = Obj(

@@ -406,7 +406,7 @@ def test_integer_ports_warn_and_become_strings(api: Api) -> None:
 def test_deny_with_only_http_attributes_warns(api: Api, rules: list[dict[str, Any]],
                                               warns: bool) -> None:
     v = api.one(api.minimal(*AP, **{"spec.action": "DENY", "spec.rules": rules}))
-    assert any("denies all traffic to TCP ports" in w for w in v.warnings) is warns
+    assert any("the ztunnel cannot see them and ignores the rule" in w for w in v.warnings) is warns
 
 
 def test_selector_without_labels_warns(api: Api) -> None:
