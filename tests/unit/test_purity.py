@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone", "zeromesh.policy")
+PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone", "zeromesh.policy",
+                 "zeromesh.routing")
 FORBIDDEN = frozenset({"asyncio", "socket", "subprocess"})
 ALLOWED_INTERNAL = (*PURE_PACKAGES, "zeromesh.errors")
 
