@@ -21,6 +21,52 @@ if not SEED.exists():
     SEED = Path("/work/shared/seed-demo")
 
 
+# Manifests several e2e modules apply, written once.
+OUTSIDE_CURL = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: curl, namespace: outside}
+spec:
+  selector: {matchLabels: {app: curl}}
+  template:
+    metadata: {labels: {app: curl}}
+    spec:
+      nodeSelector: {name: node1}
+      containers: [{name: curl, image: curlimages/curl, command: [/bin/sleep, infinity]}]
+"""
+"""A client outside the mesh (an unlabelled namespace) on node1."""
+
+TCP_ECHO = """\
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: tcp, namespace: sample-server}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: sample-server}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{port: 9000, targetPort: 9000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tcp-echo, namespace: sample-server}
+spec:
+  selector: {matchLabels: {app: tcp-echo}}
+  template:
+    metadata: {labels: {app: tcp-echo}}
+    spec:
+      serviceAccountName: tcp
+      nodeSelector: {name: node2}
+      containers: [{name: echo, image: zeromesh/tcp-echo, ports: [{containerPort: 9000}]}]
+"""
+"""A TCP echo service in sample-server on node2, with its own service account `tcp`."""
+
+
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from e2ekit import ROOT, Cluster
+from e2ekit import OUTSIDE_CURL, ROOT, TCP_ECHO, Cluster
 
 from zeromesh.local.state import Paths, load_config
 
@@ -31,45 +31,7 @@ EXTRA = textwrap.dedent("""\
           serviceAccountName: other
           nodeSelector: {name: node1}
           containers: [{name: c, image: curlimages/curl, command: [/bin/sleep, infinity]}]
-    ---
-    apiVersion: v1
-    kind: Namespace
-    metadata: {name: outside}
-    ---
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: curl, namespace: outside}
-    spec:
-      selector: {matchLabels: {app: curl}}
-      template:
-        metadata: {labels: {app: curl}}
-        spec:
-          nodeSelector: {name: node1}
-          containers: [{name: c, image: curlimages/curl, command: [/bin/sleep, infinity]}]
-    ---
-    apiVersion: v1
-    kind: ServiceAccount
-    metadata: {name: tcp, namespace: sample-server}
-    ---
-    apiVersion: v1
-    kind: Service
-    metadata: {name: tcp-echo, namespace: sample-server}
-    spec:
-      selector: {app: tcp-echo}
-      ports: [{port: 9000, targetPort: 9000}]
-    ---
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: tcp-echo, namespace: sample-server}
-    spec:
-      selector: {matchLabels: {app: tcp-echo}}
-      template:
-        metadata: {labels: {app: tcp-echo}}
-        spec:
-          serviceAccountName: tcp
-          nodeSelector: {name: node2}
-          containers: [{name: echo, image: zeromesh/tcp-echo, ports: [{containerPort: 9000}]}]
-    """)
+    """) + "---\n" + OUTSIDE_CURL + "---\n" + TCP_ECHO
 
 DENY_ALL = textwrap.dedent("""\
     apiVersion: security.istio.io/v1

@@ -10,34 +10,11 @@ import time
 import urllib.request
 from typing import Any
 
-from e2ekit import ROOT, Cluster
+from e2ekit import ROOT, TCP_ECHO, Cluster
 
 from zeromesh.local.state import Paths, load_config
 
-TCP = textwrap.dedent("""\
-    apiVersion: v1
-    kind: ServiceAccount
-    metadata: {name: tcp, namespace: sample-server}
-    ---
-    apiVersion: v1
-    kind: Service
-    metadata: {name: tcp-echo, namespace: sample-server}
-    spec:
-      selector: {app: tcp-echo}
-      ports: [{port: 9000, targetPort: 9000}]
-    ---
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: tcp-echo, namespace: sample-server}
-    spec:
-      selector: {matchLabels: {app: tcp-echo}}
-      template:
-        metadata: {labels: {app: tcp-echo}}
-        spec:
-          serviceAccountName: tcp
-          nodeSelector: {name: node2}
-          containers: [{name: echo, image: zeromesh/tcp-echo, ports: [{containerPort: 9000}]}]
-    """)
+TCP = TCP_ECHO
 
 # Runs inside the client pod: one connection held for the whole renewal, pinging every 0.5 s.
 PINGER = textwrap.dedent("""\

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from e2ekit import ROOT, Cluster
+from e2ekit import OUTSIDE_CURL, ROOT, Cluster
 
 from zeromesh.identity.certs import load_key
 from zeromesh.local.state import Paths, load_config
@@ -29,21 +29,7 @@ from zeromesh.local.state import Paths, load_config
 EXAMPLES = ROOT / "examples"
 AMBIENT = "istio.io/dataplane-mode=ambient"
 
-EXTRA = textwrap.dedent("""\
-    apiVersion: v1
-    kind: Namespace
-    metadata: {name: outside}
-    ---
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: curl, namespace: outside}
-    spec:
-      selector: {matchLabels: {app: curl}}
-      template:
-        metadata: {labels: {app: curl}}
-        spec:
-          nodeSelector: {name: node1}
-          containers: [{name: curl, image: curlimages/curl, command: [/bin/sleep, infinity]}]
+EXTRA = OUTSIDE_CURL + textwrap.dedent("""\
     ---
     apiVersion: v1
     kind: Service
