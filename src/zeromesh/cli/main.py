@@ -404,6 +404,13 @@ def cmd_nodeagent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_waypoint_proxy(args: argparse.Namespace) -> int:
+    """The waypoint pod's process: started by the runner, drops to the pod's uid itself."""
+    from zeromesh.waypoint.main import run
+    _setup_logging()
+    return run(_cluster(args), args.credential_fd, args.uid)
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     """istioctl proxy-status: every connected proxy and whether it has the latest config."""
     from zeromesh.local.state import Paths, load_config
@@ -607,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("runner", parents=[common], help=argparse.SUPPRESS)
     s.add_argument("--node", required=True)
     s.set_defaults(func=cmd_runner)
+    s = sub.add_parser("waypoint-proxy", parents=[common], help=argparse.SUPPRESS)
+    s.add_argument("--credential-fd", type=int, required=True)
+    s.add_argument("--uid", type=int, required=True)
+    s.set_defaults(func=cmd_waypoint_proxy)
+    # (user-facing `waypoint` subcommands are added here by zeromesh.cli.waypoint)
     return p
 
 
