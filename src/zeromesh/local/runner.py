@@ -12,11 +12,15 @@ import base64
 import contextlib
 import copy
 import ipaddress
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from zeromesh.controlplane import objects as o
@@ -34,6 +38,16 @@ log = logging.getLogger("zeromesh.runner")
 
 POD_UID = 65534                # nobody: pod processes never run as root
 POD_GID = 65534
+PROXY_UID_BASE = 1_000_000     # mesh proxies: one uid per pod, far from any real account
+XDS_NODE_PORT = 15012          # the control plane's mTLS endpoint on every node's gateway address
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+# Images that are zeromesh's own components, run from this installation (not the image table).
+COMPONENT_IMAGES = {"zeromesh/waypoint": "waypoint-proxy"}
+
+
+def proxy_uid(pod_ip: str) -> int:
+    """Unique per pod address within a cluster, so proxies cannot read each other's keys."""
+    return PROXY_UID_BASE + int(ipaddress.IPv4Address(pod_ip)) % (1 << 24)
 WATCHED = ("pods", "services", "endpoints", "secrets", "configmaps")
 BACKOFF_START, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 10.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -118,17 +132,54 @@ class Container:
         argv = [images.expand(a, env) for a in argv]
         logfile = pod.runner.paths.pod_log(pod.namespace, pod.name, self.name)
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "ab", buffering=0) as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", pod.netns,
-                "setpriv", f"--reuid={POD_UID}", f"--regid={POD_GID}", "--clear-groups",
-                "--", *argv,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                cwd=self.spec.get("workingDir") or "/", start_new_session=True)
+        if images.image_key(self.spec.get("image", "")) in COMPONENT_IMAGES:
+            await self._start_component(argv, env, logfile)
+        else:
+            with open(logfile, "ab", buffering=0) as out:
+                self.proc = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", pod.netns,
+                    "setpriv", f"--reuid={POD_UID}", f"--regid={POD_GID}", "--clear-groups",
+                    "--", *argv,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                    cwd=self.spec.get("workingDir") or "/", start_new_session=True)
         self.state = {"running": {"startedAt": o.now()}}
         log.info("pod %s container %s started pid %d: %s", pod.key, self.name, self.proc.pid,
                  " ".join(argv))
         pod.changed()
+
+    async def _start_component(self, argv: list[str], env: dict[str, str], logfile: Path) -> None:
+        """A mesh proxy (waypoint): it starts as root in the pod's netns, reads the pod's bootstrap
+        credential from a pipe, and drops to a uid of its own (never the apps' 65534)."""
+        pod = self.pod
+        cred = await pod.runner.cp.call("POST", "/v1/bootstrap-credential",
+                                        json={"namespace": pod.namespace, "pod": pod.name})
+        uid = proxy_uid(pod.ip)
+        private = pod.runner.paths.run / "proxies" / f"{pod.namespace}.{pod.name}"
+        if private.exists():
+            shutil.rmtree(private)
+        private.mkdir(parents=True, mode=0o700)
+        os.chown(private, uid, uid)
+        env = {**env, "ZEROMESH_PROXY_DIR": str(private), "PYTHONUNBUFFERED": "1",
+               "TRUST_DOMAIN": pod.runner.cfg.trust_domain,
+               "ZEROMESH_XDS": f"{pod.runner.plan.node_gateway(pod.runner.node)}:{XDS_NODE_PORT}",
+               "GATEWAY_NAME": o.labels(pod.obj).get(GATEWAY_NAME_LABEL, pod.name)}
+        r, w = os.pipe()
+        try:
+            with open(logfile, "ab", buffering=0) as out:
+                self.proc = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", pod.netns, sys.executable, "-m", "zeromesh",
+                    "--cluster", pod.runner.cfg.name, *argv, "--credential-fd", str(r), "--uid", str(uid),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env, pass_fds=(r,),
+                    cwd="/", start_new_session=True)
+            os.close(r)
+            r = -1
+            with os.fdopen(w, "wb") as f:
+                w = -1
+                f.write(json.dumps(cred).encode())
+        finally:
+            for fd in (r, w):
+                if fd >= 0:
+                    os.close(fd)
 
     async def stop(self, grace: float = 3.0) -> None:
         self.stopping = True
@@ -344,6 +395,9 @@ class Runner:
     # ---- lookups used by pods --------------------------------------------
     def command_for(self, pod: dict[str, Any], spec: dict[str, Any]
                     ) -> tuple[list[str], dict[str, str]] | images.ImageMissing:
+        component = COMPONENT_IMAGES.get(images.image_key(spec.get("image", "")))
+        if component is not None:
+            return [component], {}
         return images.resolve_command(spec, self.table, self.paths.samples, self.cfg.python)
 
     def services_of(self, pod: dict[str, Any]) -> list[str]:
@@ -517,6 +571,8 @@ class Runner:
                                     self.plan.pod_netns(pod["metadata"]["namespace"],
                                                         pod["metadata"]["name"]),
                                     self.plan.node_netns(self.node), veth_name(uid))
+        md = pod["metadata"]
+        shutil.rmtree(self.paths.run / "proxies" / f"{md['namespace']}.{md['name']}", ignore_errors=True)
         with contextlib.suppress(ClusterError, NotFound):
             await self.cp.call("POST", "/v1/finalize-pod", json={
                 "namespace": pod["metadata"]["namespace"], "name": pod["metadata"]["name"],

@@ -16,6 +16,14 @@ from zeromesh.policy import Workload as PolicyWorkload
 
 HBONE = "HBONE"
 ROOT_NAMESPACE = "istio-system"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def _ref(ref: Any) -> str:
+    """A pushed WaypointRef ({namespace, name}) as "ns/name"; "" for none."""
+    if isinstance(ref, Mapping) and ref.get("name"):
+        return f"{ref.get('namespace', '')}/{ref['name']}"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,9 @@ class WorkloadInfo:
     canonical_name: str
     canonical_revision: str
     identity: SpiffeId
+    ready: bool = True
+    waypoint: str = ""                 # "ns/name" of the waypoint serving it, if any
+    waypoint_by_service_account: bool = False   # bound by the older for-service-account annotation
 
     @property
     def meshed(self) -> bool:
@@ -54,6 +65,30 @@ class ServiceInfo:
     vip: str
     ports: Mapping[int, Any]          # service port -> target port (int or name)
     endpoints: tuple[EndpointInfo, ...]
+    waypoint: str = ""                 # "ns/name" bound with istio.io/use-waypoint
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointInfo:
+    """A waypoint and its ready pods (found by their gateway-name label), as the ztunnel needs
+    it: where to send bound traffic and which identity it must prove."""
+    namespace: str
+    name: str
+    serves: str
+    for_service_account: str
+    pods: tuple[WorkloadInfo, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identities(self) -> tuple[SpiffeId, ...]:
+        return tuple(sorted({p.identity for p in self.pods}, key=lambda i: i.uri))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +112,7 @@ class Snapshot:
     policies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     authz: tuple[CompiledPolicy, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
+    waypoints: Mapping[str, WaypointInfo] = field(default_factory=dict)
     _sets: dict[str, PolicySet] = field(default_factory=dict, compare=False, repr=False)
 
     def policy_set(self, wl: WorkloadInfo) -> PolicySet:
@@ -100,7 +136,9 @@ class Snapshot:
                 protocol=w["protocol"], workload_name=w.get("workload_name") or w["name"],
                 canonical_name=w.get("canonical_name") or w["name"],
                 canonical_revision=w.get("canonical_revision") or "latest",
-                identity=SpiffeId(trust_domain, w["namespace"], w.get("service_account") or "default"))
+                identity=SpiffeId(trust_domain, w["namespace"], w.get("service_account") or "default"),
+                ready=bool(w.get("ready", True)), waypoint=_ref(w.get("waypoint")),
+                waypoint_by_service_account=bool(w.get("waypoint_by_service_account")))
             workloads[uid] = info
             by_ip[info.ip] = info
         services: dict[str, ServiceInfo] = {}
@@ -112,7 +150,18 @@ class Snapshot:
                                      bool(e.get("ready")))
                         for e in s.get("endpoints") or [])
             services[s["vip"]] = ServiceInfo(s["namespace"], s["name"], s["hostname"], s["vip"],
-                                             {int(p["port"]): p["target_port"] for p in s["ports"]}, eps)
+                                             {int(p["port"]): p["target_port"] for p in s["ports"]}, eps,
+                                             waypoint=_ref(s.get("waypoint")))
+        waypoints: dict[str, WaypointInfo] = {}
+        for key, wp in state.get("waypoint", {}).items():
+            if wp is None or wp.get("problems"):
+                continue
+            pods = tuple(sorted((w for w in workloads.values()
+                                 if w.namespace == wp["namespace"] and w.ready
+                                 and w.labels.get(GATEWAY_NAME_LABEL) == wp["name"]),
+                                key=lambda w: w.ip))
+            waypoints[key] = WaypointInfo(wp["namespace"], wp["name"], wp.get("serves", "service"),
+                                          wp.get("for_service_account", ""), pods)
         pas = []
         for obj in state.get("peerauthentications.security.istio.io", {}).values():
             md, spec = obj["metadata"], obj.get("spec") or {}
@@ -127,4 +176,4 @@ class Snapshot:
                       for obj in policies.values())
         return cls(version=version, trust_domain=trust_domain, workloads_by_uid=workloads,
                    workloads_by_ip=by_ip, services_by_vip=services, peer_auth=tuple(pas),
-                   policies=policies, authz=authz)
+                   policies=policies, authz=authz, waypoints=waypoints)

@@ -12,8 +12,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
+import ssl
 from asyncio import sslproto
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 from cryptography import x509
 
@@ -481,3 +483,80 @@ async def relay_tunnel(app: tuple[asyncio.StreamReader, asyncio.StreamWriter], t
         return await pipe.done
     finally:
         tunnel.done()
+
+
+class IdentityMismatch(Exception):
+    """The HBONE server proved an identity the control plane did not name for the destination."""
+
+
+async def connect_link(sock: socket.socket, ip: str, port: int, ctx: ssl.SSLContext,
+                       expected: set[str], timeout: float) -> HboneLink:
+    """TLS to an HBONE server over ``sock``; before any byte of the application is sent the
+    server must prove one of the ``expected`` SPIFFE IDs."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), timeout)
+        transport, link = await asyncio.wait_for(loop.create_connection(
+            lambda: HboneLink(client=True), sock=sock, ssl=ctx, server_hostname=""), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    if not expected.intersection(link.peer_identities):
+        transport.abort()
+        raise IdentityMismatch(f"{ip}:{port} presented {link.peer_identities or 'no identity'}, "
+                               f"expected one of {sorted(expected)}")
+    return link
+
+
+class LinkPool:
+    """HBONE connections shared by key; a new connection when the peer's stream limit is hit;
+    idle connections close after a few minutes (as Istio's pool)."""
+
+    IDLE_TIMEOUT = 300.0
+
+    def __init__(self) -> None:
+        self.links: dict[Hashable, list[HboneLink]] = {}
+        self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def get(self, key: Hashable, connect: Callable[[], Awaitable[HboneLink]]) -> HboneLink:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:      # a thousand callers for a new key open one connection, not a thousand
+            links = [lk for lk in self.links.get(key, []) if lk.usable]
+            self.links[key] = links
+            for lk in links:
+                if lk.conn.available_streams > 0:
+                    return lk
+            link = await connect()
+            links.append(link)
+            if self._reaper is None or self._reaper.done():
+                self._reaper = asyncio.get_running_loop().create_task(self._reap())
+            return link
+
+    async def _reap(self) -> None:
+        while self.links:
+            await asyncio.sleep(30)
+            now = asyncio.get_running_loop().time()
+            for key, links in list(self.links.items()):
+                keep = []
+                for lk in links:
+                    if lk.usable and (lk.streams or now - lk.idle_since < self.IDLE_TIMEOUT):
+                        keep.append(lk)
+                    elif lk.transport is not None:
+                        lk.conn.close()
+                        lk.flush()
+                        lk.transport.close()
+                if keep:
+                    self.links[key] = keep
+                else:
+                    del self.links[key]
+                    self._locks.pop(key, None)
+
+    def close(self) -> None:
+        for links in self.links.values():
+            for lk in links:
+                if lk.transport is not None:
+                    lk.transport.close()
+        self.links.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from zeromesh.identity.spiffe import SpiffeId
-from zeromesh.ztunnel.config import EndpointInfo, PeerAuth, ServiceInfo, Snapshot, WorkloadInfo
+from zeromesh.ztunnel.config import (
+    EndpointInfo,
+    PeerAuth,
+    ServiceInfo,
+    Snapshot,
+    WaypointInfo,
+    WorkloadInfo,
+)
 
 HBONE_PORT = 15008
 T = TypeVar("T")
@@ -34,6 +41,7 @@ class Tunnel:
     identities: tuple[SpiffeId, ...]
     destination: WorkloadInfo
     service: ServiceInfo | None = None
+    waypoint: WaypointInfo | None = None   # set when the tunnel goes to a waypoint, not the pod
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +52,22 @@ class Refuse:
 Outbound = Passthrough | Tunnel | Refuse
 
 
-def plan_outbound(snap: Snapshot, dst_ip: str, dst_port: int, pick: Pick[EndpointInfo]) -> Outbound:
-    """Service VIPs are load-balanced here (the capture happens before the node's DNAT)."""
+def plan_outbound(snap: Snapshot, dst_ip: str, dst_port: int, pick: Pick[EndpointInfo],
+                  source: WorkloadInfo | None = None) -> Outbound:
+    """Service VIPs are load-balanced here (the capture happens before the node's DNAT).
+
+    Bound destinations go to their waypoint over HBONE with ``:authority`` = the address the
+    client dialled (Istio's ztunnel): a service's own waypoint for its VIP; a workload's
+    waypoint when the pod address was dialled; and, for a waypoint bound by the older
+    ``istio.io/for-service-account`` annotation, also when the VIP picked one of its workloads
+    (that generation's waypoints served a service account's workloads however reached).
+    """
     svc = snap.services_by_vip.get(dst_ip)
     if svc is not None:
         if dst_port not in svc.ports:
             return Refuse(f"service {svc.namespace}/{svc.name} has no port {dst_port}")
+        if svc.waypoint:
+            return _to_waypoint(snap, svc.waypoint, dst_ip, dst_port, source, svc, None)
         candidates = [e for e in svc.endpoints if e.ready and dst_port in e.ports]
         if not candidates:
             return Refuse(f"no healthy endpoint for {svc.hostname}:{dst_port}")
@@ -57,12 +75,41 @@ def plan_outbound(snap: Snapshot, dst_ip: str, dst_port: int, pick: Pick[Endpoin
         target = ep.ports[dst_port]
         wl = snap.workloads_by_uid.get(ep.workload_uid) or snap.workloads_by_ip.get(ep.ip)
         if wl is not None and wl.meshed:
+            if wl.waypoint and wl.waypoint_by_service_account:
+                return _to_waypoint(snap, wl.waypoint, dst_ip, dst_port, source, svc, wl)
             return Tunnel(wl.ip, HBONE_PORT, f"{wl.ip}:{target}", (wl.identity,), wl, svc)
         return Passthrough(ep.ip, target, svc, wl)
     wl = snap.workloads_by_ip.get(dst_ip)
     if wl is not None and wl.meshed:
+        if wl.waypoint:
+            return _to_waypoint(snap, wl.waypoint, dst_ip, dst_port, source, None, wl)
         return Tunnel(wl.ip, HBONE_PORT, f"{dst_ip}:{dst_port}", (wl.identity,), wl)
     return Passthrough(dst_ip, dst_port, None, wl)
+
+
+def _to_waypoint(snap: Snapshot, key: str, dst_ip: str, dst_port: int, source: WorkloadInfo | None,
+                 svc: ServiceInfo | None, wl: WorkloadInfo | None) -> Outbound:
+    wp = snap.waypoints.get(key)
+    if wp is None:
+        return Refuse(f"waypoint {key} is not known or not valid")
+    if source is not None and source in wp.pods:
+        # The waypoint itself (never captured here, but be safe): go straight on.
+        if wl is not None:
+            return Tunnel(wl.ip, HBONE_PORT, f"{dst_ip}:{dst_port}", (wl.identity,), wl, svc)
+        return Refuse("a waypoint's own traffic to a service is load-balanced by the waypoint")
+    if not wp.pods:
+        return Refuse(f"waypoint {key} has no ready pod")
+    pod = wp.pods[hash((dst_ip, dst_port, source.ip if source else "")) % len(wp.pods)]
+    return Tunnel(pod.ip, HBONE_PORT, f"{dst_ip}:{dst_port}", wp.identities, wl or pod, svc, wp)
+
+
+def waypoint_passes(snap: Snapshot, local: WorkloadInfo, identity: str) -> bool:
+    """The older generation: traffic arriving from the workload's annotation-bound waypoint is
+    let through here, the waypoint having enforced the policies with the client's identity."""
+    if not (local.waypoint and local.waypoint_by_service_account):
+        return False
+    wp = snap.waypoints.get(local.waypoint)
+    return wp is not None and any(i.uri == identity for i in wp.identities)
 
 
 @dataclass(frozen=True, slots=True)

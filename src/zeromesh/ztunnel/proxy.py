@@ -24,10 +24,17 @@ from zeromesh.identity.spiffe import SpiffeId
 from zeromesh.netns import podredirect
 from zeromesh.netns.enter import NetnsWorker
 from zeromesh.nodeagent.certs import CertManager
-from zeromesh.policy import Request, evaluate
+from zeromesh.policy import Decision, Request, evaluate
 from zeromesh.ztunnel import plan as P
 from zeromesh.ztunnel.config import Snapshot, WorkloadInfo
-from zeromesh.ztunnel.hbone_io import HboneLink, TunnelStream, relay_tunnel
+from zeromesh.ztunnel.hbone_io import (
+    HboneLink,
+    IdentityMismatch,
+    LinkPool,
+    TunnelStream,
+    connect_link,
+    relay_tunnel,
+)
 from zeromesh.ztunnel.relay import relay
 from zeromesh.ztunnel.sockets import listen_in_netns, new_connect_socket, original_dst
 from zeromesh.ztunnel.telemetry import Connection, Telemetry
@@ -36,6 +43,9 @@ log = logging.getLogger("zeromesh.ztunnel")
 
 OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT = 15001, 15006, 15008
 CONNECT_TIMEOUT = 10.0
+PASSED_BY_WAYPOINT = Decision(True, None, None, None,
+                              "from the workload's waypoint (istio.io/for-service-account), which "
+                              "enforces its policies")
 
 
 class PodProxy:
@@ -137,7 +147,7 @@ class PodProxy:
             writer.close()
             return
         snap = self.zt.snapshot
-        decision = P.plan_outbound(snap, dst_ip, dst_port, random.choice)
+        decision = P.plan_outbound(snap, dst_ip, dst_port, random.choice, source=self.wl)
         conn = Connection("outbound", f"{peer[0]}:{peer[1]}", f"{dst_ip}:{dst_port}", self.wl,
                           getattr(decision, "destination", None), getattr(decision, "service", None),
                           src_identity=self.wl.identity.uri)
@@ -250,6 +260,8 @@ class Ztunnel:
                 continue
             ps = snap.policy_set(wl)
             for key, (request, conn, close) in list(pod.inbound.items()):
+                if P.waypoint_passes(snap, wl, f"spiffe://{request.source_principal}"):
+                    continue
                 decision = evaluate(ps, request)
                 if not decision.allowed:
                     conn.error = f"connection closed due to policy change: {decision.reason}"
@@ -352,7 +364,8 @@ class Ztunnel:
             return
         assert local is not None
         request = Request(identity.removeprefix("spiffe://"), peer_ip, decision.ip, decision.port)
-        verdict = evaluate(snap.policy_set(local), request)
+        verdict = (PASSED_BY_WAYPOINT if P.waypoint_passes(snap, local, identity)
+                   else evaluate(snap.policy_set(local), request))
         if not verdict.allowed:
             answer(401, f"RBAC: {verdict.reason}")
             return
@@ -380,7 +393,8 @@ class Ztunnel:
                               writer: asyncio.StreamWriter, conn: Connection, decision: P.Tunnel) -> None:
         conn.hbone_addr = decision.authority
         conn.dst_addr = f"{decision.ip}:{decision.port}"
-        conn.dst_identity = decision.destination.identity.uri
+        conn.dst_identity = (decision.identities[0].uri if decision.waypoint is not None
+                             else decision.destination.identity.uri)
         try:
             link = await self.pool.get(pod, decision)
             stream = await link.open(decision.authority, request_headers(pod.wl, conn, decision))
@@ -404,10 +418,6 @@ class Ztunnel:
         self.telemetry.closed(conn)
 
 
-class IdentityMismatch(Exception):
-    """The HBONE server proved an identity the control plane did not name for the destination."""
-
-
 def request_headers(src: WorkloadInfo, conn: Connection, decision: P.Tunnel) -> list[tuple[str, str]]:
     """baggage (who the source is), forwarded (the client address), traceparent (a fresh id)."""
     baggage = (f"k8s.cluster.name=Kubernetes,k8s.namespace.name={src.namespace},"
@@ -420,82 +430,24 @@ def request_headers(src: WorkloadInfo, conn: Connection, decision: P.Tunnel) -> 
     return [("baggage", baggage), ("forwarded", fwd), ("traceparent", trace)]
 
 
-PoolKey = tuple[str, tuple[str, ...], str, int]
-IDLE_TIMEOUT = 300.0
-
-
 class Pool:
     """HBONE connections shared by tunnels with the same source identity, destination
-    identities and destination address; a new connection when the peer's stream limit is hit."""
+    identities and destination address (the sharing rule of Istio's ztunnel)."""
 
     def __init__(self, zt: Ztunnel) -> None:
         self.zt = zt
-        self.links: dict[PoolKey, list[HboneLink]] = {}
-        self._locks: dict[PoolKey, asyncio.Lock] = {}
-        self._reaper: asyncio.Task[None] | None = None
+        self.links = LinkPool()
 
     async def get(self, pod: PodProxy, decision: P.Tunnel) -> HboneLink:
         expected = tuple(sorted(i.uri for i in decision.identities))
-        key: PoolKey = (pod.wl.identity.uri, expected, decision.ip, decision.port)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:      # a thousand callers for a new key open one connection, not a thousand
-            links = [lk for lk in self.links.get(key, []) if lk.usable]
-            self.links[key] = links
-            for lk in links:
-                if lk.conn.available_streams > 0:
-                    return lk
-            link = await self._connect(pod, decision, set(expected))
-            links.append(link)
-            if self._reaper is None or self._reaper.done():
-                self._reaper = asyncio.get_running_loop().create_task(self._reap())
-            return link
+        key = (pod.wl.identity.uri, expected, decision.ip, decision.port)
+        return await self.links.get(key, lambda: self._connect(pod, decision, set(expected)))
 
     async def _connect(self, pod: PodProxy, decision: P.Tunnel, expected: set[str]) -> HboneLink:
         cert = await self.zt.certs.get(pod.wl.namespace, pod.wl.service_account)
         ctx = self.zt.certs.client_context(cert, self.zt.roots())
-        sock = await pod.new_socket()
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, (decision.ip, decision.port)),
-                                   CONNECT_TIMEOUT)
-            transport, link = await asyncio.wait_for(loop.create_connection(
-                lambda: HboneLink(client=True), sock=sock, ssl=ctx, server_hostname=""),
-                CONNECT_TIMEOUT)
-        except BaseException:
-            sock.close()
-            raise
-        # Before any byte of the application: the server must be who the control plane said.
-        if not expected.intersection(link.peer_identities):
-            transport.abort()
-            raise IdentityMismatch(f"{decision.ip}:{decision.port} presented "
-                                   f"{link.peer_identities or 'no identity'}, expected one of "
-                                   f"{sorted(expected)}")
-        return link
-
-    async def _reap(self) -> None:
-        while self.links:
-            await asyncio.sleep(30)
-            now = asyncio.get_running_loop().time()
-            for key, links in list(self.links.items()):
-                keep = []
-                for lk in links:
-                    if lk.usable and (lk.streams or now - lk.idle_since < IDLE_TIMEOUT):
-                        keep.append(lk)
-                    elif lk.transport is not None:
-                        lk.conn.close()
-                        lk.flush()
-                        lk.transport.close()
-                if keep:
-                    self.links[key] = keep
-                else:
-                    del self.links[key]
-                    self._locks.pop(key, None)
+        return await connect_link(await pod.new_socket(), decision.ip, decision.port, ctx, expected,
+                                  CONNECT_TIMEOUT)
 
     def close(self) -> None:
-        for links in self.links.values():
-            for lk in links:
-                if lk.transport is not None:
-                    lk.transport.close()
-        self.links.clear()
-        if self._reaper is not None:
-            self._reaper.cancel()
+        self.links.close()

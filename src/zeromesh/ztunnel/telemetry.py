@@ -41,7 +41,7 @@ class Metrics:
                               LABELS, registry=self.registry)
 
 
-def _wl_labels(prefix: str, wl: WorkloadInfo | None, principal: str, cluster: str) -> dict[str, str]:
+def wl_labels(prefix: str, wl: WorkloadInfo | None, principal: str, cluster: str) -> dict[str, str]:
     if wl is None:
         return {f"{prefix}_workload": UNKNOWN, f"{prefix}_workload_namespace": UNKNOWN,
                 f"{prefix}_principal": principal or UNKNOWN, f"{prefix}_app": UNKNOWN,
@@ -76,8 +76,8 @@ class Connection:
     def labels(self) -> dict[str, str]:
         svc = self.service
         d = {"reporter": "source" if self.direction == "outbound" else "destination",
-             **_wl_labels("source", self.source, self.src_identity, self.cluster),
-             **_wl_labels("destination", self.destination, self.dst_identity, self.cluster),
+             **wl_labels("source", self.source, self.src_identity, self.cluster),
+             **wl_labels("destination", self.destination, self.dst_identity, self.cluster),
              "destination_service": svc.hostname if svc else
              (self.destination.name if self.destination else UNKNOWN),
              "destination_service_name": svc.name if svc else UNKNOWN,

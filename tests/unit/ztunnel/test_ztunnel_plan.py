@@ -166,3 +166,79 @@ def test_peer_authentication_layers(policies: list[dict[str, Any]], port: int, m
     w = s.workloads_by_ip["10.244.2.5"]
     assert peer_auth_mode(s, w, port) == mode
     assert accepts_plaintext(s, w, port) == (mode != "STRICT")
+
+
+# ---- waypoints --------------------------------------------------------------------------------
+GW = "gateway.networking.k8s.io/gateway-name"
+
+
+def wp_snap(*, service_bound: bool = False, pod_bound: bool = False, by_sa: bool = False,
+            wp_ready: bool = True, wp_problems: list[str] | None = None) -> Snapshot:
+    echo = wl("echo", "10.244.2.5", ns="ns2", sa="echo")
+    if pod_bound or by_sa:
+        echo["waypoint"] = {"namespace": "ns2", "name": "wp"}
+        echo["waypoint_by_service_account"] = by_sa
+    wpod = wl("wp-abc", "10.244.1.9", ns="ns2", sa="wp", protocol="TCP", labels={GW: "wp"})
+    wpod["ready"] = wp_ready
+    other = wl("other-gw", "10.244.1.10", ns="ns3", sa="x", protocol="TCP", labels={GW: "wp"})
+    s = svc("echo", "10.96.0.10", [("u-echo", "10.244.2.5", True)], ns="ns2")
+    if service_bound:
+        s["waypoint"] = {"namespace": "ns2", "name": "wp"}
+    state: dict[str, Any] = {
+        "workload": {w["uid"]: w for w in (echo, wpod, other)},
+        "service": {"ns2/echo": s},
+        "waypoint": {"ns2/wp": {"namespace": "ns2", "name": "wp", "serves": "service",
+                                "for_service_account": "echo" if by_sa else "",
+                                "problems": wp_problems or []}}}
+    return Snapshot.from_state(state, "1")
+
+
+def test_service_bound_to_a_waypoint_tunnels_to_the_waypoint_with_the_dialled_vip() -> None:
+    s = wp_snap(service_bound=True)
+    plan = plan_outbound(s, "10.96.0.10", 80, first)
+    assert isinstance(plan, Tunnel) and plan.waypoint is not None
+    assert (plan.ip, plan.port, plan.authority) == ("10.244.1.9", 15008, "10.96.0.10:80")
+    assert [i.uri for i in plan.identities] == ["spiffe://cluster.local/ns/ns2/sa/wp"]
+
+
+def test_waypoint_pods_are_found_by_label_in_the_waypoint_namespace_only() -> None:
+    s = wp_snap(service_bound=True)
+    assert [p.name for p in s.waypoints["ns2/wp"].pods] == ["wp-abc"]
+
+
+def test_pod_bound_waypoint_is_used_for_pod_ip_dials_not_for_the_vip() -> None:
+    s = wp_snap(pod_bound=True)
+    direct = plan_outbound(s, "10.244.2.5", 8080, first)
+    assert isinstance(direct, Tunnel) and direct.authority == "10.244.2.5:8080"
+    assert direct.ip == "10.244.1.9"
+    via_vip = plan_outbound(s, "10.96.0.10", 80, first)
+    assert isinstance(via_vip, Tunnel) and via_vip.waypoint is None and via_vip.ip == "10.244.2.5"
+
+
+def test_for_service_account_waypoint_also_takes_vip_traffic_with_vip_authority() -> None:
+    s = wp_snap(by_sa=True)
+    plan = plan_outbound(s, "10.96.0.10", 80, first)
+    assert isinstance(plan, Tunnel) and plan.ip == "10.244.1.9"
+    assert plan.authority == "10.96.0.10:80"
+
+
+def test_waypoint_without_ready_pod_refuses() -> None:
+    plan = plan_outbound(wp_snap(service_bound=True, wp_ready=False), "10.96.0.10", 80, first)
+    assert isinstance(plan, Refuse) and "no ready pod" in plan.reason
+
+
+def test_invalid_waypoint_refuses() -> None:
+    plan = plan_outbound(wp_snap(service_bound=True, wp_problems=["no HBONE listener"]),
+                         "10.96.0.10", 80, first)
+    assert isinstance(plan, Refuse) and "ns2/wp" in plan.reason
+
+
+def test_waypoint_passes_only_for_annotation_bound_workloads_and_the_waypoint_identity() -> None:
+    from zeromesh.ztunnel.plan import waypoint_passes
+    wp_id = "spiffe://cluster.local/ns/ns2/sa/wp"
+    legacy = wp_snap(by_sa=True)
+    assert waypoint_passes(legacy, legacy.workloads_by_uid["u-echo"], wp_id)
+    assert not waypoint_passes(legacy, legacy.workloads_by_uid["u-echo"],
+                               "spiffe://cluster.local/ns/ns1/sa/sleep")
+    current = wp_snap(pod_bound=True)
+    assert not waypoint_passes(current, current.workloads_by_uid["u-echo"], wp_id)

@@ -1,0 +1,531 @@
+"""The waypoint's L7 engine: one downstream connection (an HBONE tunnel, or plain TCP in the
+benchmark) carrying HTTP/1.1, or anything else passed through as TCP.
+
+Per request, in Istio's order: authorization → route → redirect → fault → header rewrites →
+backend and endpoint choice → upstream exchange with retries inside the route timeout →
+response header rewrites → metrics and access log. Decisions come from the pure cores
+(:mod:`zeromesh.policy`, :mod:`zeromesh.routing`); this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from zeromesh.policy import Request, evaluate
+from zeromesh.routing import (
+    Backend,
+    HttpRequest,
+    RetryPolicy,
+    RouteAction,
+    fault_decision,
+    find_route,
+    mirror_decision,
+    pick_backend,
+    redirect_location,
+    rewrite_request,
+)
+from zeromesh.routing.model import HeaderOps, RequestMatch
+from zeromesh.waypoint import http1
+from zeromesh.waypoint.config import Destination, Upstream, WaypointConfig
+from zeromesh.waypoint.duplex import Duplex, splice
+from zeromesh.waypoint.http1 import Headers, Message, MessageError, Parser, local_reply
+from zeromesh.waypoint.telemetry import RequestRecord, WaypointTelemetry
+from zeromesh.ztunnel.config import WorkloadInfo
+from zeromesh.ztunnel.telemetry import Connection
+
+log = logging.getLogger("zeromesh.waypoint")
+
+IDLE_TIMEOUT = 300.0          # a keep-alive connection with nothing in flight
+REQUEST_TIMEOUT = 15.0        # a client that started a request must finish its head and body
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+# Istio's default retry policy for HTTP routes that do not set one.
+DEFAULT_RETRIES = RetryPolicy(attempts=2, retry_on=frozenset({
+    "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}))
+BACKOFF_BASE, BACKOFF_MAX = 0.025, 0.25
+
+
+class ConnectFailure(Exception):
+    """The upstream could not be reached (refused, no route, HBONE CONNECT not 200)."""
+
+
+class UpstreamReset(Exception):
+    """The upstream connection ended or reset before a full response."""
+
+
+Connector = Callable[[Upstream, list[tuple[str, str]]], Awaitable[Duplex]]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of the downstream connection."""
+    principal: str | None          # SPIFFE ID without the scheme; None for plaintext
+    ip: str
+    port: int
+    workload: WorkloadInfo | None
+    mtls: bool = True
+
+
+@dataclass
+class UpConn:
+    """A keep-alive HTTP/1.1 connection to one endpoint."""
+    duplex: Duplex
+    up: Upstream
+    parser: Parser = field(default_factory=lambda: Parser(response=True))
+    pending: collections.deque[Message] = field(default_factory=collections.deque)
+    used: int = 0
+
+    async def response(self, head: bool) -> Message:
+        self.parser.expect_head_response(head)
+        while True:
+            while self.pending:
+                msg = self.pending.popleft()
+                if 100 <= msg.status < 200 and msg.status != 101:
+                    continue         # interim responses (100 Continue) are not forwarded
+                return msg
+            try:
+                data = await self.duplex.recv()
+            except (OSError, ConnectionError) as e:
+                raise UpstreamReset(f"upstream reset: {e}") from e
+            if not data:
+                last = self.parser.finish()
+                if last is not None:
+                    return last
+                raise UpstreamReset("upstream closed the connection before a full response")
+            try:
+                self.pending.extend(self.parser.feed(data))
+            except MessageError as e:
+                raise UpstreamReset(f"upstream sent invalid HTTP: {e}") from e
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per endpoint."""
+
+    MAX_IDLE = 64
+
+    def __init__(self, connect: Connector) -> None:
+        self.connect = connect
+        self.idle: dict[str, list[UpConn]] = {}
+
+    async def acquire(self, up: Upstream, headers: list[tuple[str, str]]) -> tuple[UpConn, bool]:
+        """A connection and whether it was reused (a reused one may have been closed meanwhile)."""
+        conns = self.idle.get(up.key)
+        if conns:
+            return conns.pop(), True
+        try:
+            duplex = await self.connect(up, headers)
+        except ConnectFailure:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as e:
+            raise ConnectFailure(f"{up.key}: {e}") from e
+        return UpConn(duplex, up), False
+
+    def release(self, conn: UpConn, reusable: bool) -> None:
+        conns = self.idle.setdefault(conn.up.key, [])
+        if reusable and len(conns) < self.MAX_IDLE:
+            conns.append(conn)
+        else:
+            conn.duplex.close()
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for c in conns:
+                c.duplex.abort()
+        self.idle.clear()
+
+
+def looks_http1(data: bytes) -> bool:
+    """An HTTP/1.x request starts with a method token and a space."""
+    head = data[:16]
+    sp = head.find(b" ")
+    return sp > 0 and all(b in METHOD_CHARS for b in head[:sp])
+
+
+def _single(headers: Headers) -> dict[str, str]:
+    """Routing and policy see one value per name (repeated ones joined, as HTTP allows)."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def apply_ops(ops: HeaderOps, headers: Headers) -> Headers:
+    """Set replaces every value of a name, add appends one, remove drops all (Envoy's
+    semantics on a multi-valued header list)."""
+    if not ops:
+        return headers
+    out = list(headers)
+    for k, v in ops.set:
+        out = [(n, x) for n, x in out if n != k] + [(k, v)]
+    for k, v in ops.add:
+        out.append((k, v))
+    drop = set(ops.remove)
+    return [(n, x) for n, x in out if n not in drop] if drop else out
+
+
+class HttpEngine:
+    def __init__(self, config: Callable[[], WaypointConfig], connect: Connector,
+                 telemetry: WaypointTelemetry, rng: Callable[[], float] = random.random) -> None:
+        self.config = config
+        self.upstreams = UpstreamPool(connect)
+        self.telemetry = telemetry
+        self.rng = rng
+        self._rr: dict[tuple[str, int | None, str | None], int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- a downstream connection ----------------------------------------------------------
+    async def serve(self, down: Duplex, dest: Destination, peer: Peer) -> None:
+        try:
+            first = await asyncio.wait_for(down.recv(), IDLE_TIMEOUT)
+        except (TimeoutError, OSError, ConnectionError):
+            down.abort()
+            return
+        if not first:
+            down.close()
+            return
+        if looks_http1(first):
+            await self._serve_http1(down, first, dest, peer)
+        else:
+            # HTTP/2 is not parsed yet: it and every other protocol get L4 treatment.
+            await self._serve_tcp(down, first, dest, peer)
+
+    async def _serve_http1(self, down: Duplex, first: bytes, dest: Destination, peer: Peer) -> None:
+        parser = Parser()
+        pending: collections.deque[Message] = collections.deque()
+        data = first
+        try:
+            while True:
+                if data:
+                    try:
+                        pending.extend(parser.feed(data))
+                    except MessageError as e:
+                        self._bad_request(down, e, dest, peer)
+                        await down.send(local_reply(e.status, f"{http1.REASONS.get(e.status, 'error')}\n",
+                                                    keep_alive=False))
+                        down.close()
+                        return
+                    data = b""
+                while pending:
+                    req = pending.popleft()
+                    if req.upgrade and parser.upgraded is not None:
+                        await self._upgrade(down, req, parser.upgraded, dest, peer)
+                        return
+                    keep = await self._handle(down, req, dest, peer)
+                    if not keep:
+                        down.close()
+                        return
+                timeout = REQUEST_TIMEOUT if parser.mid_message else IDLE_TIMEOUT
+                try:
+                    data = await asyncio.wait_for(down.recv(), timeout)
+                except TimeoutError:
+                    if parser.mid_message:
+                        await down.send(local_reply(408, "request timeout\n", keep_alive=False))
+                        self._record_local(dest, peer, "", "", 408, "client did not finish its request")
+                    down.close()
+                    return
+                if not data:
+                    down.close()
+                    return
+        except (OSError, ConnectionError) as e:
+            log.debug("downstream %s ended: %s", peer.ip, e)
+            down.abort()
+
+    def _bad_request(self, down: Duplex, e: MessageError, dest: Destination, peer: Peer) -> None:
+        self._record_local(dest, peer, "", "", e.status, str(e), flags="DPE")
+
+    def _record_local(self, dest: Destination, peer: Peer, method: str, path: str, status: int,
+                      reason: str, flags: str = "-") -> None:
+        rec = RequestRecord(f"{peer.ip}:{peer.port}", peer.workload,
+                            f"spiffe://{peer.principal}" if peer.principal else "", method, path,
+                            f"{dest.ip}:{dest.port}", service=dest.service, status=status, flags=flags,
+                            mtls_in=peer.mtls, reason=reason)
+        self.telemetry.request_done(rec)
+
+    # ---- one request ----------------------------------------------------------------------------
+    async def _handle(self, down: Duplex, req: Message, dest: Destination, peer: Peer) -> bool:
+        """Answer one request; returns whether the connection stays open."""
+        cfg = self.config()
+        headers = req.headers
+        hmap = _single(headers)
+        host = hmap.get("host") or f"{dest.ip}:{dest.port}"
+        rec = RequestRecord(f"{peer.ip}:{peer.port}", peer.workload,
+                            f"spiffe://{peer.principal}" if peer.principal else "", req.method, req.target,
+                            host, service=dest.service, mtls_in=peer.mtls,
+                            request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in headers))
+        rec.request_id = hmap.get("x-request-id") or secrets.token_hex(16)
+        keep = req.keep_alive
+        head_only = req.method == "HEAD"
+
+        async def reply(status: int, body: str, flags: str, reason: str,
+                        extra: Headers | None = None) -> bool:
+            rec.status, rec.flags, rec.reason = status, flags, reason
+            data = local_reply(status, body, keep_alive=keep, headers=extra)
+            rec.response_bytes = len(data)
+            await down.send(data)
+            self.telemetry.request_done(rec)
+            return keep
+
+        # Authorization (L7): the original client's identity, as the waypoint sees it.
+        path = req.target
+        decision = evaluate(cfg.policy_set(dest), Request(
+            peer.principal, peer.ip, dest.ip, dest.port, method=req.method, path=path,
+            host=host.lower(), headers=hmap))
+        if not decision.allowed:
+            return await reply(403, "RBAC: access denied", "RBAC", decision.reason)
+
+        hreq = HttpRequest(req.method, path, host, hmap)
+        routes = cfg.routes_for(dest)
+        match: RequestMatch | None = None
+        if routes:
+            found = find_route(routes, hreq)
+            if found is None:
+                return await reply(404, "route not found\n", "NR", "no route matched")
+            route, match = found
+            action = route.action
+            rec.route = route.name
+        else:
+            action = RouteAction(backends=(Backend(dest.host, None),))
+
+        if action.redirect is not None:
+            location = redirect_location(action.redirect, match, hreq)
+            return await reply(action.redirect.status, "", "-", "redirect", [("location", location)])
+        delay, abort = fault_decision(action.fault, self.rng)
+        if delay:
+            await asyncio.sleep(delay)
+        if abort is not None:
+            return await reply(abort, "fault filter abort", "FI", "fault injection")
+
+        fwd = rewrite_request(action.rewrite, match, hreq)
+        out_headers = [(k, v) for k, v in http1.end_to_end(headers, http1.connection_tokens(req))
+                       if k != "host"]
+        out_headers.insert(0, ("host", fwd.host))
+        out_headers = apply_ops(action.request_header_ops, out_headers)
+        if "x-request-id" not in hmap:
+            out_headers.append(("x-request-id", rec.request_id))
+        if "x-forwarded-proto" not in hmap:
+            out_headers.append(("x-forwarded-proto", "http"))
+
+        backend = pick_backend(action.backends, self.rng)
+        if backend is None:
+            return await reply(500, "no backend\n", "NC", "route has no usable backend")
+        for mirror in mirror_decision(action.mirrors, self.rng):
+            self._mirror(mirror, dest, req.method, fwd.path, out_headers, req.body)
+
+        request_bytes = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
+        try:
+            resp = await self._exchange(backend, dest, request_bytes, head_only, action, rec)
+        except TimeoutError:
+            return await reply(504, "upstream request timeout", "UT", "route timeout")
+        if isinstance(resp, tuple):
+            status, body, flags, reason = resp
+            return await reply(status, body, flags, reason)
+
+        resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp))
+        resp_headers = apply_ops(action.response_header_ops, resp_headers)
+        data = http1.serialize_response(resp.status, resp_headers, resp.body, keep_alive=keep,
+                                        head=head_only)
+        rec.status = resp.status
+        rec.response_bytes = len(data)
+        await down.send(data)
+        self.telemetry.request_done(rec)
+        return keep
+
+    async def _exchange(self, backend: Backend, dest: Destination, request: bytes, head_only: bool,
+                        action: RouteAction, rec: RequestRecord) -> Message | tuple[int, str, str, str]:
+        """Send to one endpoint, retrying as the route says, within the route's timeout."""
+        cfg = self.config()
+        policy = action.retries if action.retries is not None else DEFAULT_RETRIES
+
+        async def attempts() -> Message | tuple[int, str, str, str]:
+            last: Message | tuple[int, str, str, str] = (503, "no healthy upstream", "UH", "no endpoint")
+            tried: set[str] = set()
+            for attempt in range(policy.attempts + 1):
+                rec.attempts = attempt + 1
+                endpoints = cfg.endpoints(backend.host, backend.port, backend.subset, dest)
+                if endpoints is None:
+                    return (500, "no such service\n", "NC", f"backend {backend.host} is not a known service")
+                if not endpoints:
+                    return (503, "no healthy upstream", "UH",
+                            f"no ready endpoint for {backend.host}"
+                            + (f" subset {backend.subset}" if backend.subset else ""))
+                # Envoy's retry host predicate is off by default; prefer untried endpoints anyway.
+                fresh = [e for e in endpoints if e.key not in tried] or endpoints
+                up = self._pick(fresh, backend)
+                tried.add(up.key)
+                rec.upstream = up.key
+                rec.destination = up.workload
+                rec.dst_identity = up.workload.identity.uri if up.meshed and up.workload else ""
+                outcome, result = await self._attempt(up, request, head_only, policy.per_try_timeout_s)
+                if isinstance(result, Message):
+                    if not _retriable_status(policy.retry_on, result.status) or attempt == policy.attempts:
+                        return result
+                    last = result
+                else:
+                    last = result
+                    if not _retriable_failure(policy.retry_on, outcome) or attempt == policy.attempts:
+                        return result
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** attempt)) * self.rng()
+                await asyncio.sleep(delay)
+            return last
+
+        if action.timeout_s:
+            return await asyncio.wait_for(attempts(), action.timeout_s)
+        return await attempts()
+
+    async def _attempt(self, up: Upstream, request: bytes, head_only: bool, per_try: float | None
+                       ) -> tuple[str, Message | tuple[int, str, str, str]]:
+        for _ in range(2):       # a reused keep-alive connection may have been closed: once more
+            try:
+                conn, reused = await self.upstreams.acquire(up, [])
+            except ConnectFailure as e:
+                return "connect-failure", (503, "upstream connect error or disconnect/reset before "
+                                                "headers. reset reason: connection failure", "UF", str(e))
+            try:
+                await conn.duplex.send(request)
+                resp = (await asyncio.wait_for(conn.response(head_only), per_try) if per_try
+                        else await conn.response(head_only))
+            except TimeoutError:
+                conn.duplex.abort()
+                return "per-try-timeout", (504, "upstream request timeout", "UT", "per-try timeout")
+            except (UpstreamReset, OSError, ConnectionError) as e:
+                conn.duplex.abort()
+                if reused:
+                    continue
+                return "reset", (503, "upstream connect error or disconnect/reset before headers. "
+                                      "reset reason: connection termination", "UC", str(e))
+            conn.used += 1
+            self.upstreams.release(conn, resp.keep_alive and not resp.upgrade)
+            return "response", resp
+        return "reset", (503, "upstream reset", "UC", "upstream reset twice")
+
+    def _pick(self, endpoints: list[Upstream], backend: Backend) -> Upstream:
+        """Round robin (Istio's default load balancer) per backend."""
+        key = (backend.host, backend.port, backend.subset)
+        i = self._rr.get(key, -1) + 1
+        self._rr[key] = i
+        return endpoints[i % len(endpoints)]
+
+    def _mirror(self, backend: Backend, dest: Destination, method: str, path: str, headers: Headers,
+                body: bytes) -> None:
+        """Fire and forget; the copy's Host gets Envoy's "-shadow" suffix; its answer is dropped."""
+        shadow = [(k, f"{v}-shadow" if k == "host" else v) for k, v in headers]
+        data = http1.serialize_request(method, path, shadow, body)
+
+        async def send() -> None:
+            eps = self.config().endpoints(backend.host, backend.port, backend.subset, dest) or []
+            if not eps:
+                return
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._attempt(self._pick(eps, backend), data, False, None), 10)
+
+        t = asyncio.get_running_loop().create_task(send())
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    # ---- WebSocket and other upgrades: forward the handshake, then splice --------------------
+    async def _upgrade(self, down: Duplex, req: Message, rest: bytes, dest: Destination, peer: Peer) -> None:
+        cfg = self.config()
+        hmap = _single(req.headers)
+        decision = evaluate(cfg.policy_set(dest), Request(
+            peer.principal, peer.ip, dest.ip, dest.port, method=req.method, path=req.target,
+            host=(hmap.get("host") or "").lower(), headers=hmap))
+        if not decision.allowed:
+            await down.send(local_reply(403, "RBAC: access denied", keep_alive=False))
+            down.close()
+            return
+        endpoints = cfg.endpoints(dest.host, None, None, dest) or []
+        if not endpoints:
+            await down.send(local_reply(503, "no healthy upstream", keep_alive=False))
+            down.close()
+            return
+        up = self._pick(endpoints, Backend(dest.host, None))
+        try:
+            conn, _ = await self.upstreams.acquire(up, [])
+            hdrs = http1.end_to_end(req.headers, http1.connection_tokens(req), keep_upgrade=True)
+            await conn.duplex.send(http1.serialize_request(req.method, req.target, hdrs, req.body,
+                                                           upgrade=hmap.get("upgrade", "")))
+            resp = await conn.response(False)
+        except (ConnectFailure, UpstreamReset, OSError, ConnectionError) as e:
+            log.info("upgrade to %s failed: %s", up.key, e)
+            await down.send(local_reply(503, "upstream connect error", keep_alive=False))
+            down.close()
+            return
+        resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp),
+                                        keep_upgrade=resp.status == 101)
+        await down.send(http1.serialize_response(resp.status, resp_headers, resp.body,
+                                                 keep_alive=False, upgrade=resp.status == 101))
+        if resp.status != 101:
+            conn.duplex.close()
+            down.close()
+            return
+        await splice(down, conn.duplex, rest, conn.parser.upgraded or b"")
+        down.close()
+        conn.duplex.close()
+
+    # ---- not HTTP: L4 policy, then a byte relay to one endpoint ------------------------------
+    async def _serve_tcp(self, down: Duplex, first: bytes, dest: Destination, peer: Peer) -> None:
+        cfg = self.config()
+        conn = Connection("inbound", f"{peer.ip}:{peer.port}", f"{dest.ip}:{dest.port}", peer.workload,
+                          None, dest.service, src_identity=f"spiffe://{peer.principal}"
+                          if peer.principal else "", mtls=peer.mtls)
+        decision = evaluate(cfg.policy_set(dest, tcp=True),
+                            Request(peer.principal, peer.ip, dest.ip, dest.port))
+        if not decision.allowed:
+            conn.error, conn.flags = f"RBAC: {decision.reason}", "DENY"
+            self.telemetry.failed(conn)
+            down.abort()
+            return
+        endpoints = cfg.endpoints(dest.host, None, None, dest) or []
+        if not endpoints:
+            conn.error = "no ready endpoint"
+            self.telemetry.failed(conn)
+            down.abort()
+            return
+        up = self._pick(endpoints, Backend(dest.host, None))
+        conn.destination = up.workload
+        conn.dst_addr = up.key
+        try:
+            upstream = await self.upstreams.connect(up, [])
+        except (ConnectFailure, OSError, ConnectionError, TimeoutError) as e:
+            conn.error = f"connect {up.key}: {e}"
+            self.telemetry.failed(conn)
+            down.abort()
+            return
+        self.telemetry.opened(conn)
+        sent, received = await splice(down, upstream, first)
+        conn.bytes_sent, conn.bytes_recv = sent, received
+        down.close()
+        upstream.close()
+        self.telemetry.closed(conn)
+
+    def close(self) -> None:
+        self.upstreams.close()
+
+
+def _retriable_status(retry_on: frozenset[str], status: int) -> bool:
+    if "5xx" in retry_on and status >= 500:
+        return True
+    if "gateway-error" in retry_on and status in (502, 503, 504):
+        return True
+    if "retriable-4xx" in retry_on and status == 409:
+        return True
+    if "retriable-status-codes" in retry_on and status == 503:
+        return True
+    return str(status) in retry_on
+
+
+def _retriable_failure(retry_on: frozenset[str], outcome: str) -> bool:
+    if outcome == "connect-failure":
+        return bool({"connect-failure", "5xx", "gateway-error"} & retry_on)
+    if outcome == "reset":
+        return bool({"reset", "5xx", "gateway-error"} & retry_on)
+    if outcome == "per-try-timeout":
+        return bool({"5xx", "gateway-error"} & retry_on)
+    return False
