@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone", "zeromesh.policy",
-                 "zeromesh.routing")
+                 "zeromesh.routing", "zeromesh.authn")
 FORBIDDEN = frozenset({"asyncio", "socket", "subprocess"})
 ALLOWED_INTERNAL = (*PURE_PACKAGES, "zeromesh.errors")
 

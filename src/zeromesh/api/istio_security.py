@@ -10,6 +10,7 @@ re-applies unchanged.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from zeromesh.api.names import ip_or_cidr_error
@@ -309,24 +310,55 @@ def _jwks_uri_rule(s: str) -> str | None:
     return f"{json.dumps(s)} must be an http:// or https:// URL"
 
 
+_HEADER_NAME = re.compile(r"[a-zA-Z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _header_name_rule(s: str) -> str | None:
+    """Istio's ValidateStrictHTTPHeaderName: an RFC 7230 token ("" is proto3's "not set")."""
+    if not s or _HEADER_NAME.fullmatch(s):
+        return None
+    return f"{json.dumps(s)} is not a valid HTTP header name"
+
+
+def _jwks_rule(s: str) -> str | None:
+    """Istio parses inline keys at apply time; a set without a usable key is refused."""
+    if not s:
+        return None
+    # Imported here: zeromesh.authn builds on zeromesh.api, not the other way round.
+    from zeromesh.authn.jwks import JwksError, parse_jwks
+    try:
+        parse_jwks(s)
+    except JwksError as e:
+        return f"jwks parse error: {e}"
+    return None
+
+
+def _jwt_rule_post(ctx: Ctx, rule: dict[str, Any], path: str) -> None:
+    if rule.get("jwks") and rule.get("jwksUri"):
+        ctx.warn(child(path, "jwksUri"), "is ignored: jwks is also set and the inline keys are "
+                                         "used; set only one of jwks and jwksUri")
+
+
 JWT_RULE = Obj(
     {
         "issuer": string(nonempty=True),
         "audiences": _nonempty_list,
         "jwksUri": string(rule=_jwks_uri_rule),
-        "jwks": string(),
+        "jwks": string(rule=_jwks_rule),
         "fromHeaders": list_of(Obj({"name": string(nonempty=True), "prefix": string()},
                                    required=("name",))),
         "fromParams": _nonempty_list,
         "fromCookies": _nonempty_list,
-        "outputPayloadToHeader": string(),
+        "outputPayloadToHeader": string(rule=_header_name_rule),
         "forwardOriginalToken": boolean,
-        "outputClaimToHeaders": list_of(Obj({"header": string(nonempty=True),
+        "outputClaimToHeaders": list_of(Obj({"header": string(nonempty=True,
+                                                              rule=_header_name_rule),
                                              "claim": string(nonempty=True)},
                                             required=("header", "claim"))),
         "timeout": duration(),
     },
     required=("issuer",),
+    post=_jwt_rule_post,
 )
 
 REQUEST_AUTHN_SPEC = Obj({**TARGETING, "jwtRules": list_of(JWT_RULE)}, post=one_target)
