@@ -12,6 +12,9 @@ Environment:
   and ``ZEROMESH_SERVICES`` (comma-separated) are echoed back so callers can
   tell which pod answered.
 
+* ``FAIL_EVERY=N`` (with ``FAIL_STATUS``, default 500) -- the 1st, N+1st, 2N+1st…
+  request answers that status instead: a flaky backend for retry demonstrations.
+
 Every request (any method, any path) gets ``200`` with a one-line JSON body
 followed by a newline. The request body is read and discarded; only its length
 is reported. Exits with status 0 on SIGTERM/SIGINT.
@@ -19,6 +22,7 @@ is reported. Exits with status 0 on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -36,6 +40,10 @@ READ_CHUNK = 64 * 1024
 # Idle keep-alive connections are dropped after this many seconds so that a
 # client that never closes cannot pin a thread forever.
 IDLE_TIMEOUT = 300.0
+FAIL_EVERY = int(os.environ.get("FAIL_EVERY") or 0)
+FAIL_STATUS = int(os.environ.get("FAIL_STATUS") or 500)
+_COUNTER = itertools.count()
+_COUNT_LOCK = threading.Lock()
 
 
 def parse_ports(default: int) -> list[int]:
@@ -167,8 +175,15 @@ class EchoHandler(BaseHTTPRequestHandler):
             "local_port": self.connection.getsockname()[1],
             **POD_INFO,
         }
+        status = 200
+        if FAIL_EVERY > 0:
+            with _COUNT_LOCK:
+                n = next(_COUNTER)
+            if n % FAIL_EVERY == 0:
+                status = FAIL_STATUS
+                payload["failed"] = True
         body = (json.dumps(payload) + "\n").encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:

@@ -63,6 +63,15 @@ class UpstreamReset(Exception):
 Connector = Callable[[Upstream, list[tuple[str, str]]], Awaitable[Duplex]]
 
 
+@dataclass(slots=True)
+class Reply:
+    """What goes back to the client, before the downstream protocol frames it."""
+    status: int
+    headers: Headers
+    body: bytes
+    keep: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """Who is on the other end of the downstream connection."""
@@ -250,27 +259,37 @@ class HttpEngine:
 
     # ---- one request ----------------------------------------------------------------------------
     async def _handle(self, down: Duplex, req: Message, dest: Destination, peer: Peer) -> bool:
-        """Answer one request; returns whether the connection stays open."""
+        """Answer one request on an HTTP/1.1 connection; returns whether it stays open."""
+        rec = self.record(req, dest, peer)
+        reply = await self.respond(req, dest, peer, rec)
+        keep = req.keep_alive and reply.keep
+        data = http1.serialize_response(reply.status, reply.headers, reply.body, keep_alive=keep,
+                                        head=req.method == "HEAD")
+        rec.response_bytes = len(data)
+        await down.send(data)
+        self.telemetry.request_done(rec)
+        return keep
+
+    def record(self, req: Message, dest: Destination, peer: Peer, protocol: str = "http") -> RequestRecord:
+        host = req.get("host") or f"{dest.ip}:{dest.port}"
+        rec = RequestRecord(f"{peer.ip}:{peer.port}", peer.workload,
+                            f"spiffe://{peer.principal}" if peer.principal else "", req.method, req.target,
+                            host, protocol=protocol, service=dest.service, mtls_in=peer.mtls,
+                            request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in req.headers))
+        rec.request_id = req.get("x-request-id") or secrets.token_hex(16)
+        return rec
+
+    async def respond(self, req: Message, dest: Destination, peer: Peer, rec: RequestRecord) -> Reply:
+        """The L7 chain for one request, whatever protocol carried it. ``rec`` is filled in for
+        telemetry (the caller reports it once the answer is sent)."""
         cfg = self.config()
         headers = req.headers
         hmap = _single(headers)
         host = hmap.get("host") or f"{dest.ip}:{dest.port}"
-        rec = RequestRecord(f"{peer.ip}:{peer.port}", peer.workload,
-                            f"spiffe://{peer.principal}" if peer.principal else "", req.method, req.target,
-                            host, service=dest.service, mtls_in=peer.mtls,
-                            request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in headers))
-        rec.request_id = hmap.get("x-request-id") or secrets.token_hex(16)
-        keep = req.keep_alive
-        head_only = req.method == "HEAD"
 
-        async def reply(status: int, body: str, flags: str, reason: str,
-                        extra: Headers | None = None) -> bool:
+        def local(status: int, body: str, flags: str, reason: str, extra: Headers | None = None) -> Reply:
             rec.status, rec.flags, rec.reason = status, flags, reason
-            data = local_reply(status, body, keep_alive=keep, headers=extra)
-            rec.response_bytes = len(data)
-            await down.send(data)
-            self.telemetry.request_done(rec)
-            return keep
+            return Reply(status, [("content-type", "text/plain"), *(extra or [])], body.encode())
 
         # Authorization (L7): the original client's identity, as the waypoint sees it.
         path = req.target
@@ -278,7 +297,7 @@ class HttpEngine:
             peer.principal, peer.ip, dest.ip, dest.port, method=req.method, path=path,
             host=host.lower(), headers=hmap))
         if not decision.allowed:
-            return await reply(403, "RBAC: access denied", "RBAC", decision.reason)
+            return local(403, "RBAC: access denied", "RBAC", decision.reason)
 
         hreq = HttpRequest(req.method, path, host, hmap)
         routes = cfg.routes_for(dest)
@@ -286,7 +305,7 @@ class HttpEngine:
         if routes:
             found = find_route(routes, hreq)
             if found is None:
-                return await reply(404, "route not found\n", "NR", "no route matched")
+                return local(404, "route not found\n", "NR", "no route matched")
             route, match = found
             action = route.action
             rec.route = route.name
@@ -295,12 +314,12 @@ class HttpEngine:
 
         if action.redirect is not None:
             location = redirect_location(action.redirect, match, hreq)
-            return await reply(action.redirect.status, "", "-", "redirect", [("location", location)])
+            return local(action.redirect.status, "", "-", "redirect", [("location", location)])
         delay, abort = fault_decision(action.fault, self.rng)
         if delay:
             await asyncio.sleep(delay)
         if abort is not None:
-            return await reply(abort, "fault filter abort", "FI", "fault injection")
+            return local(abort, "fault filter abort", "FI", "fault injection")
 
         fwd = rewrite_request(action.rewrite, match, hreq)
         out_headers = [(k, v) for k, v in http1.end_to_end(headers, http1.connection_tokens(req))
@@ -314,28 +333,21 @@ class HttpEngine:
 
         backend = pick_backend(action.backends, self.rng)
         if backend is None:
-            return await reply(500, "no backend\n", "NC", "route has no usable backend")
+            return local(500, "no backend\n", "NC", "route has no usable backend")
         for mirror in mirror_decision(action.mirrors, self.rng):
             self._mirror(mirror, dest, req.method, fwd.path, out_headers, req.body)
 
         request_bytes = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
         try:
-            resp = await self._exchange(backend, dest, request_bytes, head_only, action, rec)
+            resp = await self._exchange(backend, dest, request_bytes, req.method == "HEAD", action, rec)
         except TimeoutError:
-            return await reply(504, "upstream request timeout", "UT", "route timeout")
+            return local(504, "upstream request timeout", "UT", "route timeout")
         if isinstance(resp, tuple):
-            status, body, flags, reason = resp
-            return await reply(status, body, flags, reason)
-
+            return local(*resp)
         resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp))
         resp_headers = apply_ops(action.response_header_ops, resp_headers)
-        data = http1.serialize_response(resp.status, resp_headers, resp.body, keep_alive=keep,
-                                        head=head_only)
         rec.status = resp.status
-        rec.response_bytes = len(data)
-        await down.send(data)
-        self.telemetry.request_done(rec)
-        return keep
+        return Reply(resp.status, resp_headers, resp.body)
 
     async def _exchange(self, backend: Backend, dest: Destination, request: bytes, head_only: bool,
                         action: RouteAction, rec: RequestRecord) -> Message | tuple[int, str, str, str]:
