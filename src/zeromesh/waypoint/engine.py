@@ -70,6 +70,7 @@ class Reply:
     headers: Headers
     body: bytes
     keep: bool = True
+    trailers: Headers = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,8 @@ class Message:
     keep_alive: bool = True
     upgrade: bool = False
     chunked: bool = False
+    trailers: Headers = field(default_factory=list)     # HTTP/2 (gRPC status travels here)
+    protocol: str = "http"                             # "http" (HTTP/1.x) | "http2" | "grpc"
 
     def get(self, name: str, default: str | None = None) -> str | None:
         for k, v in self.headers:
