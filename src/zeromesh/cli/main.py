@@ -619,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--uid", type=int, required=True)
     s.set_defaults(func=cmd_waypoint_proxy)
     # (user-facing `waypoint` subcommands are added here by zeromesh.cli.waypoint)
+    from zeromesh.cli.waypoint import add_parser as add_waypoint
+    add_waypoint(sub, common, nsopt)
     return p
 
 

@@ -1,4 +1,5 @@
-"""Controllers: Deployments make Pods, the scheduler binds them, Services get addresses and Endpoints.
+"""Controllers: Deployments make Pods, the scheduler binds them, Services get addresses and Endpoints,
+waypoint Gateways get their Deployment, Service and ServiceAccount.
 
 Each reconciler is idempotent and writes only when something differs, so a
 change ripples through the queue and then settles. They run synchronously on
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from zeromesh.controlplane import objects as o
+from zeromesh.controlplane import waypoints as wp
+from zeromesh.controlplane.model import GATEWAYS
 from zeromesh.controlplane.store import Obj, SqliteStore
 from zeromesh.local import naming
 from zeromesh.local.plan import SERVICE_CIDR, ClusterPlan, allocate
@@ -34,6 +37,9 @@ class Controllers:
         self.emit_event = emit_event
         self.queue: dict[Work, None] = {}
         self._pod_labels: dict[tuple[str, str], dict[str, str]] = {}
+        # Waypoints stored before this controller last ran (a restart, an upgrade) are checked once.
+        for gw in store.iter_raw(GATEWAYS):
+            self.queue[("waypoint", gw["metadata"]["namespace"], gw["metadata"]["name"])] = None
 
     # ---- feeding -------------------------------------------------------
     def on_change(self, type_: str, resource: str, obj: Obj) -> None:
@@ -64,6 +70,17 @@ class Controllers:
             q[("pending-pods", "", "")] = None
         elif resource == "namespaces":
             q[("namespace", "", name)] = None
+        elif resource == GATEWAYS:
+            q[("waypoint", ns, name)] = None
+        # A waypoint follows its objects: a ClusterIP, a ready replica, a deletion, a pod's state,
+        # or a same-named object of someone else's going away.
+        if resource in wp.MANAGED_RESOURCES or resource == "pods":
+            owner = wp.gateway_owner(obj)
+            if owner:
+                q[("waypoint", ns, owner)] = None
+            elif resource != "pods" and any(g["metadata"]["name"] == name
+                                            for g in self.store.iter_raw(GATEWAYS, ns)):
+                q[("waypoint", ns, name)] = None
 
     def drain(self, limit: int = 100000) -> int:
         """Run queued work until the queue is empty; returns how many items ran."""
@@ -264,6 +281,55 @@ class Controllers:
         if tmeta.get("annotations"):
             pod["metadata"]["annotations"] = dict(tmeta["annotations"])
         self.store.put("pods", pod)
+
+    # ---- waypoints -------------------------------------------------------
+    def _reconcile_waypoint(self, ns: str, name: str) -> None:
+        """Create, update or remove what a waypoint Gateway owns, then say so in its status.
+
+        Status is written only when it changes, and only once the objects are in place (their
+        own changes queue this again), so a reconcile never retriggers itself endlessly."""
+        gw = self.store.get(GATEWAYS, ns, name)
+        nsobj = self.store.get("namespaces", "", ns)
+        if gw is not None and (not wp.is_waypoint_gateway(gw) or nsobj is None
+                               or o.is_terminating(nsobj)):
+            gw = None          # another class (e.g. the ingress) is not ours; a dying namespace gets nothing
+        plan = wp.plan_for(gw) if gw is not None else wp.Plan({}, "deleted")
+        changed = False
+        conflicts: list[str] = []
+        for resource in wp.MANAGED_RESOURCES:
+            live = self.store.get(resource, ns, name)
+            want = plan.objects.get(resource)
+            if live is not None and not wp.owned_by(live, name):
+                if want is not None and resource != "serviceaccounts":   # a user's SA is simply used
+                    conflicts.append(f"{live.get('kind', resource)} {ns}/{name} already exists and "
+                                     "is not owned by this Gateway")
+                continue
+            if want is None:
+                if live is not None:
+                    self.store.delete(resource, ns, name)
+                    changed = True
+            elif live is None:
+                obj = copy.deepcopy(want)
+                obj["metadata"].update(uid=o.new_uid(), creationTimestamp=o.now())
+                if resource == "deployments.apps":
+                    obj["metadata"]["generation"] = 1
+                self.store.put(resource, obj)
+                changed = True
+            else:
+                new = wp.updated(resource, live, want)
+                if new is not None:
+                    self.store.put(resource, new)
+                    changed = True
+        if gw is None or changed:
+            return
+        svc = self.store.get("services", ns, name)
+        dep = self.store.get("deployments.apps", ns, name)
+        mine = not conflicts
+        pods = [p for p in self.store.iter_raw("pods", ns) if _owned_by(p, name, dep)] if mine else []
+        cond = wp.programmed(gw, plan, svc if mine else None, dep if mine else None, pods,
+                             "; ".join(conflicts))
+        if wp.set_status(gw.setdefault("status", {}), wp.addresses(svc) if mine else [], cond):
+            self.store.put(GATEWAYS, gw)
 
     # ---- services and endpoints -----------------------------------------
     def _reconcile_service(self, ns: str, name: str) -> None:
