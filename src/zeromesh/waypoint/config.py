@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zeromesh.authn import AuthnSet, CompiledRequestAuthn, applicable_authn, compile_request_authns
 from zeromesh.policy import CompiledPolicy, Enforcer, PolicySet, Target, applicable, compile_policy
 from zeromesh.policy import Workload as PolicyWorkload
 from zeromesh.routing import Route, compile_http_routes, compile_virtual_service
@@ -33,6 +34,7 @@ VS = "virtualservices.networking.istio.io"
 DR = "destinationrules.networking.istio.io"
 HTTPROUTES = "httproutes.gateway.networking.k8s.io"
 AUTHZ = "authorizationpolicies.security.istio.io"
+AUTHN = "requestauthentications.security.istio.io"
 MESH_GATEWAY = "mesh"
 
 
@@ -79,8 +81,10 @@ class WaypointConfig:
     authz: tuple[CompiledPolicy, ...]
     authz_tcp: tuple[CompiledPolicy, ...]
     services_by_host: Mapping[str, ServiceInfo]
+    authn: tuple[CompiledRequestAuthn, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
     _sets: dict[tuple[str, bool], PolicySet] = field(default_factory=dict, repr=False)
+    _authn_sets: dict[str, AuthnSet] = field(default_factory=dict, repr=False)
 
     @property
     def version(self) -> str:
@@ -123,17 +127,32 @@ class WaypointConfig:
         key = (dest.service.key if dest.service is not None else "", tcp)
         ps = self._sets.get(key)
         if ps is None:
-            targets = [Target(GATEWAY_GROUP, "Gateway", self.name, self.namespace),
-                       Target(GATEWAY_GROUP, "GatewayClass", WAYPOINT_CLASS, "")]
-            if dest.service is not None:
-                targets.append(Target("", "Service", dest.service.name, dest.service.namespace))
-            workload = None
-            if self.legacy and self.pod is not None:
-                workload = PolicyWorkload(self.pod.namespace, self.pod.labels, self.pod.service_account)
+            targets, workload = self._scope(dest)
             ps = applicable(self.authz_tcp if tcp else self.authz, workload,
                             root_namespace=self.root_namespace, targets=targets)
             self._sets[key] = ps
         return ps
+
+    def _scope(self, dest: Destination) -> tuple[list[Target], PolicyWorkload | None]:
+        targets = [Target(GATEWAY_GROUP, "Gateway", self.name, self.namespace),
+                   Target(GATEWAY_GROUP, "GatewayClass", WAYPOINT_CLASS, "")]
+        if dest.service is not None:
+            targets.append(Target("", "Service", dest.service.name, dest.service.namespace))
+        workload = None
+        if self.legacy and self.pod is not None:
+            workload = PolicyWorkload(self.pod.namespace, self.pod.labels, self.pod.service_account)
+        return targets, workload
+
+    def authn_set(self, dest: Destination) -> AuthnSet:
+        """The RequestAuthentications in force for ``dest`` (same scoping as the policies)."""
+        key = dest.service.key if dest.service is not None else ""
+        got = self._authn_sets.get(key)
+        if got is None:
+            targets, workload = self._scope(dest)
+            got = applicable_authn(self.authn, workload, root_namespace=self.root_namespace,
+                                   targets=targets)
+            self._authn_sets[key] = got
+        return got
 
     def routes_for(self, dest: Destination) -> tuple[Route, ...]:
         return self.routes.get(dest.host, ())
@@ -188,7 +207,9 @@ class WaypointConfig:
                         for obj in (state.get(AUTHZ) or {}).values() if obj),
             authz_tcp=tuple(compile_policy(obj, Enforcer.WAYPOINT_TCP, root_namespace=root_namespace)
                             for obj in (state.get(AUTHZ) or {}).values() if obj),
-            services_by_host=by_host, root_namespace=root_namespace)
+            services_by_host=by_host, root_namespace=root_namespace,
+            authn=compile_request_authns((o for o in (state.get(AUTHN) or {}).values() if o),
+                                         root_namespace=root_namespace))
 
 
 def _hosts(obj: Mapping[str, Any], written: Any, by_host: Mapping[str, ServiceInfo]) -> list[str]:

@@ -15,9 +15,12 @@ import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from zeromesh.authn import authenticate
 from zeromesh.policy import Request, evaluate
 from zeromesh.routing import (
     Backend,
@@ -36,6 +39,7 @@ from zeromesh.waypoint import http1
 from zeromesh.waypoint.config import Destination, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, splice
 from zeromesh.waypoint.http1 import Headers, Message, MessageError, Parser, local_reply
+from zeromesh.waypoint.jwks_fetch import JwksFetcher
 from zeromesh.waypoint.telemetry import RequestRecord, WaypointTelemetry
 from zeromesh.ztunnel.config import WorkloadInfo
 from zeromesh.ztunnel.telemetry import Connection
@@ -182,8 +186,10 @@ def apply_ops(ops: HeaderOps, headers: Headers) -> Headers:
 
 class HttpEngine:
     def __init__(self, config: Callable[[], WaypointConfig], connect: Connector,
-                 telemetry: WaypointTelemetry, rng: Callable[[], float] = random.random) -> None:
+                 telemetry: WaypointTelemetry, rng: Callable[[], float] = random.random,
+                 jwks: JwksFetcher | None = None) -> None:
         self.config = config
+        self.jwks = jwks
         self.upstreams = UpstreamPool(connect)
         self.telemetry = telemetry
         self.rng = rng
@@ -292,11 +298,30 @@ class HttpEngine:
             rec.status, rec.flags, rec.reason = status, flags, reason
             return Reply(status, [("content-type", "text/plain"), *(extra or [])], body.encode())
 
-        # Authorization (L7): the original client's identity, as the waypoint sees it.
+        # Authentication (RequestAuthentication JWTs), then authorization (L7) with the
+        # original client's identity, as the waypoint sees it.
         path = req.target
+        principal: str | None = None
+        claims: Mapping[str, Any] = {}
+        authn = cfg.authn_set(dest)
+        if authn.policies:
+            if authn.fetches and self.jwks is not None:
+                await self.jwks.ensure(authn.fetches)
+            result = authenticate(authn, hmap, path, time.time(),
+                                  self.jwks.keys_for if self.jwks is not None else None, method=req.method)
+            if not result.ok:
+                return local(result.error_status or 401, result.error_body, "-", result.reason,
+                             list(result.response_headers))
+            principal, claims = result.principal, result.claims
+            if result.headers_to_remove or result.headers_to_add:
+                drop = set(result.headers_to_remove)
+                headers = [(k, v) for k, v in headers if k not in drop] + list(result.headers_to_add)
+                hmap = _single(headers)
+            if result.path is not None:
+                path = result.path
         decision = evaluate(cfg.policy_set(dest), Request(
             peer.principal, peer.ip, dest.ip, dest.port, method=req.method, path=path,
-            host=host.lower(), headers=hmap))
+            host=host.lower(), headers=hmap, request_principal=principal, claims=claims))
         if not decision.allowed:
             return local(403, "RBAC: access denied", "RBAC", decision.reason)
 

@@ -33,6 +33,7 @@ from zeromesh.push.client import PushClient, client_tls
 from zeromesh.waypoint.config import AUTHZ, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, StreamDuplex, TunnelDuplex
 from zeromesh.waypoint.engine import ConnectFailure, HttpEngine, Peer
+from zeromesh.waypoint.jwks_fetch import JwksFetcher
 from zeromesh.waypoint.telemetry import WaypointTelemetry
 from zeromesh.ztunnel.hbone_io import HboneLink, LinkPool, TunnelStream, connect_link
 
@@ -79,7 +80,8 @@ class WaypointProxy:
         self.config: WaypointConfig = WaypointConfig.build({}, "", namespace=self.namespace,
                                                            name=self.gateway, pod_name=self.pod,
                                                            trust_domain=self.trust_domain)
-        self.engine = HttpEngine(lambda: self.config, self._connect_upstream, self.telemetry)
+        self.jwks = JwksFetcher()
+        self.engine = HttpEngine(lambda: self.config, self._connect_upstream, self.telemetry, jwks=self.jwks)
         self.links = LinkPool()
         self.client = PushClient(self._url, self._tls, p.Hello(p.WAYPOINT, self.pod, self.node),
                                  on_state=self._on_state)
