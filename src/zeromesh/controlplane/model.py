@@ -29,6 +29,8 @@ WAYPOINT_FOR = "istio.io/waypoint-for"
 FOR_SERVICE_ACCOUNT = "istio.io/for-service-account"
 WAYPOINT_CLASS = "istio-waypoint"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+MANAGED_LABEL = "gateway.istio.io/managed"
+MESH_CONTROLLER = "istio.io-mesh-controller"
 HBONE_PORT = 15008
 
 GATEWAYS = "gateways.gateway.networking.k8s.io"
@@ -47,6 +49,7 @@ CONFIG_RESOURCES = (
     "tcproutes.gateway.networking.k8s.io",
     "tlsroutes.gateway.networking.k8s.io",
     GATEWAYS,
+    "localratelimits.zeromesh.io",
 )
 INPUT_RESOURCES = ("namespaces", "pods", "services", "endpoints", *CONFIG_RESOURCES)
 
@@ -416,7 +419,10 @@ class MeshModel:
                                   p.get("protocol", "TCP"), p.get("appProtocol", ""))
                       for p in spec.get("ports") or [])
         endpoints = self._endpoints(key, ports)
-        waypoint, problem = self._binding(raw, "service")
+        if _labels(raw).get(MANAGED_LABEL) == MESH_CONTROLLER:
+            waypoint, problem = None, None     # a waypoint's own Service is never sent to a waypoint
+        else:
+            waypoint, problem = self._binding(raw, "service")
         self._set_problem("services", key[0], key[1], problem, out)
         svc = Service(namespace=key[0], name=key[1],
                       hostname=f"{key[1]}.{key[0]}.svc.{self.zone}",

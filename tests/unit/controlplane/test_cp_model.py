@@ -285,3 +285,22 @@ def test_vip_traffic_uses_the_services_waypoint_pod_traffic_the_workloads() -> N
     assert m.waypoint_for_address("10.244.1.2") == WaypointRef("ns1", "pod-wp")
     assert m.waypoint_for_address("10.244.9.9") is None
     assert m.service_accounts_on_node("node1") == {("ns1", "default")}
+
+
+def test_a_waypoints_own_service_is_never_bound_to_a_waypoint() -> None:
+    from zeromesh.controlplane.model import MeshModel
+    m = MeshModel()
+    ns = {"metadata": {"name": "ns1", "labels": {"istio.io/dataplane-mode": "ambient",
+                                                  "istio.io/use-waypoint": "wp"}}}
+    gw = {"metadata": {"name": "wp", "namespace": "ns1"},
+          "spec": {"gatewayClassName": "istio-waypoint",
+                   "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    own = {"metadata": {"name": "wp", "namespace": "ns1",
+                        "labels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+           "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 15008}]}}
+    app = {"metadata": {"name": "app", "namespace": "ns1"},
+           "spec": {"clusterIP": "10.96.0.21", "ports": [{"port": 80}]}}
+    m.load([("namespaces", ns), ("gateways.gateway.networking.k8s.io", gw), ("services", own),
+            ("services", app)])
+    assert m.services["ns1/wp"].waypoint is None
+    assert m.services["ns1/app"].waypoint is not None
