@@ -59,3 +59,31 @@ def test_step4_allow_ns1_sleep_to_ns2_echo_only(demo: Cluster) -> None:
     eventually(lambda: reaches(demo, "ns1", "sleep-depl-ns1", NS2_ECHO), "the allow did not open the path")
     assert not reaches(demo, "ns2", "sleep-depl-ns2", NS1_ECHO)
     assert not reaches(demo, "ns1", "notsleep-depl-ns1", NS2_ECHO)
+
+
+def test_step7_waypoint_allows_get_and_denies_post(demo: Cluster) -> None:
+    demo.apply(SEED / "waypoint-proxy.yaml", SEED / "allow-get-to-echo-ns2.yaml")
+    eventually(lambda: any(p["metadata"]["labels"].get("istio.io/gateway-name") == "echo-service-account-ns2-gw"
+                           for p in demo.pods("ns2")), "no waypoint pod", timeout=20)
+    demo.wait_ready("ns2", count=5)
+
+    def code(*opts: str) -> str:
+        return demo.curl("ns1", "deploy/sleep-depl-ns1", NS2_ECHO, "-o", "/dev/null",
+                         "-w", "%{http_code}", *opts).stdout.strip()
+    eventually(lambda: code() == "200", "GET through the waypoint", timeout=20)
+    assert code("-X", "POST") == "403"
+    # The other namespace's sleep is still refused (the waypoint enforces ns2's deny-all).
+    assert demo.curl("ns2", "deploy/sleep-depl-ns2", NS2_ECHO, "-o", "/dev/null",
+                     "-w", "%{http_code}").stdout.strip() == "403"
+
+
+def test_step8_canary_sends_about_90_percent_to_v1(demo: Cluster) -> None:
+    demo.apply(SEED / "canary.yaml")
+    time.sleep(1.5)
+    script = f"for i in $(seq 100); do curl -s -m 5 {NS2_ECHO}; echo; done"
+    out = demo.exec("ns1", "deploy/sleep-depl-ns1", "sh", "-c", script, timeout=120).stdout
+    pods = [json.loads(line)["pod"] for line in out.splitlines() if line.startswith("{")]
+    assert len(pods) == 100
+    v1 = sum(1 for p in pods if p.startswith("echoserver-depl-ns2-v1"))
+    v2 = sum(1 for p in pods if p.startswith("echoserver-depl-ns2-v2"))
+    assert v1 + v2 == 100 and 80 <= v1 <= 100, (v1, v2)

@@ -64,6 +64,10 @@ class UpstreamReset(Exception):
     """The upstream connection ended or reset before a full response."""
 
 
+class UpstreamProtocolError(UpstreamReset):
+    """The upstream answered something that is not valid HTTP (Envoy: 502, flag UPE)."""
+
+
 Connector = Callable[[Upstream, list[tuple[str, str]]], Awaitable[Duplex]]
 
 
@@ -116,7 +120,7 @@ class UpConn:
             try:
                 self.pending.extend(self.parser.feed(data))
             except MessageError as e:
-                raise UpstreamReset(f"upstream sent invalid HTTP: {e}") from e
+                raise UpstreamProtocolError(f"upstream sent invalid HTTP: {e}") from e
 
 
 class UpstreamPool:
@@ -190,6 +194,8 @@ class HttpEngine:
                  jwks: JwksFetcher | None = None) -> None:
         self.config = config
         self.jwks = jwks
+        self.idle_timeout = IDLE_TIMEOUT
+        self.request_timeout = REQUEST_TIMEOUT
         self.upstreams = UpstreamPool(connect)
         self.telemetry = telemetry
         self.rng = rng
@@ -199,7 +205,7 @@ class HttpEngine:
     # ---- a downstream connection ----------------------------------------------------------
     async def serve(self, down: Duplex, dest: Destination, peer: Peer) -> None:
         try:
-            first = await asyncio.wait_for(down.recv(), IDLE_TIMEOUT)
+            first = await asyncio.wait_for(down.recv(), self.idle_timeout)
         except (TimeoutError, OSError, ConnectionError):
             down.abort()
             return
@@ -237,7 +243,7 @@ class HttpEngine:
                     if not keep:
                         down.close()
                         return
-                timeout = REQUEST_TIMEOUT if parser.mid_message else IDLE_TIMEOUT
+                timeout = self.request_timeout if parser.mid_message else self.idle_timeout
                 try:
                     data = await asyncio.wait_for(down.recv(), timeout)
                 except TimeoutError:
@@ -432,6 +438,10 @@ class HttpEngine:
             except TimeoutError:
                 conn.duplex.abort()
                 return "per-try-timeout", (504, "upstream request timeout", "UT", "per-try timeout")
+            except UpstreamProtocolError as e:
+                conn.duplex.abort()
+                return "reset", (502, "upstream connect error or disconnect/reset before headers. "
+                                      "reset reason: protocol error", "UPE", str(e))
             except (UpstreamReset, OSError, ConnectionError) as e:
                 conn.duplex.abort()
                 if reused:

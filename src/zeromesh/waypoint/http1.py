@@ -154,6 +154,8 @@ class Parser:
         except MessageError:
             raise
         except httptools.HttpParserError as e:
+            if isinstance(e.__context__, MessageError):      # raised by our own callbacks
+                raise e.__context__ from None
             raise MessageError(400 if not self.response else 502, f"malformed HTTP/1.1: {e}") from e
         if self._c.head_only and self._c.ready:
             self._new()      # a HEAD response ends at its head: start afresh for the next one

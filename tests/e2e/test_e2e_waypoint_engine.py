@@ -1,0 +1,192 @@
+"""The waypoint's HTTP engine over real loopback sockets, against misbehaving clients and
+upstreams: every bad input gets its status, is logged, and the engine keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from zeromesh.waypoint.config import Upstream, WaypointConfig
+from zeromesh.waypoint.duplex import Duplex, StreamDuplex
+from zeromesh.waypoint.engine import HttpEngine, Peer
+from zeromesh.waypoint.telemetry import WaypointTelemetry
+
+HOSTS = {"ok": "127.0.0.2", "reset": "127.0.0.3", "hang": "127.0.0.4", "dead": "127.0.0.5",
+         "bad": "127.0.0.6"}
+VIPS = {"ok": "10.96.0.10", "reset": "10.96.0.11", "hang": "10.96.0.12", "dead": "10.96.0.13",
+        "bad": "10.96.0.14"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def state(ports: dict[str, int], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    wls, svcs = {}, {}
+    for name, port in ports.items():
+        uid = f"u-{name}"
+        # Each backend is its own "pod" (all at 127.0.0.1, told apart by port).
+        wls[uid] = {"uid": uid, "namespace": "ns", "name": name, "ip": HOSTS[name], "node": "n1",
+                    "service_account": name, "labels": {"app": name}, "protocol": "TCP",
+                    "workload_name": name, "canonical_name": name, "canonical_revision": "v1"}
+        svcs[f"ns/{name}"] = {
+            "namespace": "ns", "name": name, "hostname": f"{name}.ns.svc.cluster.local", "vip": VIPS[name],
+            "ports": [{"port": 80, "target_port": port, "name": "http"}],
+            "endpoints": [{"workload_uid": uid, "ip": HOSTS[name], "ports": {"80": port},
+                           "ready": True}]}
+    return {"workload": wls, "service": svcs, **(extra or {})}
+
+
+async def backend(kind: str) -> tuple[asyncio.AbstractServer, int]:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                if kind == "reset":
+                    w.transport.abort()
+                    return
+                if kind == "hang":
+                    await asyncio.sleep(30)
+                    return
+                if kind == "bad":
+                    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
+                    await w.drain()
+                    continue
+                body = json.dumps({"head": head.decode()}).encode()
+                w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+    srv = await asyncio.start_server(handle, HOSTS[kind], 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+VS_TIMEOUT = {"virtualservices.networking.istio.io": {"ns/hang": {
+    "metadata": {"name": "hang", "namespace": "ns"},
+    "spec": {"hosts": ["hang"],
+             "http": [{"route": [{"destination": {"host": "hang"}}], "timeout": "0.5s"}]}}}}
+
+
+@contextlib.asynccontextmanager
+async def running_engine() -> AsyncIterator[tuple[int, HttpEngine]]:
+    servers = {k: await backend(k) for k in ("ok", "reset", "hang", "bad")}
+    ports = {k: port for k, (_, port) in servers.items()}
+    ports["dead"] = free_port()
+    cfg = WaypointConfig.build(state(ports, VS_TIMEOUT), "1", namespace="ns", name="wp")
+
+    async def connect(up: Upstream, _headers: list[tuple[str, str]]) -> Duplex:
+        r, w = await asyncio.open_connection(up.ip, up.port)
+        return StreamDuplex(r, w)
+
+    eng = HttpEngine(lambda: cfg, connect, WaypointTelemetry())
+    eng.request_timeout = 0.5
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        # The first line names the service to reach (stands in for the HBONE authority).
+        dest = cfg.resolve(f"{VIPS['ok']}:80")
+        peer = Peer("cluster.local/ns/ns/sa/client", "127.0.0.1", 1, None)
+        await eng.serve(StreamDuplex(r, w), dest, peer)  # type: ignore[arg-type]
+
+    front = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield front.sockets[0].getsockname()[1], eng
+    finally:
+        front.close()
+        eng.close()
+        for srv, _ in servers.values():
+            srv.close()
+
+
+async def exchange(port: int, data: bytes, *, wait: float = 3.0) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(data)
+        await w.drain()
+        out = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while chunk := await asyncio.wait_for(r.read(65536), wait):
+                out += chunk
+                if b"\r\n\r\n" in out and b"connection: close" in out.lower():
+                    break
+        return out
+    finally:
+        w.close()
+
+
+def status_of(resp: bytes) -> int:
+    return int(resp.split(b" ", 2)[1]) if resp.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_a_plain_get_and_keep_alive() -> None:
+    async def main() -> None:
+        async with running_engine() as (port, _):
+            req = b"GET /a HTTP/1.1\r\nHost: ok\r\n\r\n"
+            resp = await exchange(port, req * 2, wait=1.0)
+            assert resp.count(b"HTTP/1.1 200 OK") == 2
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400),                                   # bad request line
+    (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),       # conflicting length
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431),                      # oversize headers
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", 408),              # slow client
+])
+def test_malformed_requests_get_their_status(raw: bytes, status: int) -> None:
+    async def main() -> None:
+        async with running_engine() as (port, _):
+            assert status_of(await exchange(port, raw)) == status
+            # … and the engine still serves others.
+            ok = b"GET / HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n"
+            assert status_of(await exchange(port, ok)) == 200
+    asyncio.run(main())
+
+
+def test_upstream_failures_map_to_502_503_504(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="zeromesh.access")
+    asyncio.run(_upstream_failures())
+    flags = {json.loads(r.getMessage())["flags"] for r in caplog.records if r.name == "zeromesh.access"}
+    assert {"UC", "UF", "UT", "UPE"} <= flags
+
+
+async def _upstream_failures() -> None:
+    async with running_engine() as (_, eng):
+        cfg = eng.config()
+
+        async def via(name: str) -> int:
+            dest = cfg.resolve(f"{VIPS[name]}:80")
+            assert dest is not None
+            return await one_request(eng, dest, name)
+
+        assert await via("reset") == 503            # reset before headers (Envoy: 503 UC)
+        assert await via("dead") == 503             # connection refused (503 UF)
+        assert await via("hang") == 504             # route timeout (504 UT)
+        assert await via("bad") == 502              # invalid upstream HTTP (502 UPE)
+        assert await via("ok") == 200
+
+
+async def one_request(eng: HttpEngine, dest: Any, name: str) -> int:
+    """Serve one request for `name` through a socketpair: the engine sees real sockets."""
+    a, b = socket.socketpair()
+    ra, wa = await asyncio.open_connection(sock=a)
+    rb, wb = await asyncio.open_connection(sock=b)
+    task = asyncio.create_task(eng.serve(StreamDuplex(ra, wa), dest,
+                                         Peer("cluster.local/ns/ns/sa/client", "127.0.0.1", 1, None)))
+    wb.write(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    await wb.drain()
+    resp = await asyncio.wait_for(rb.read(65536), 10)
+    wb.close()
+    await asyncio.wait_for(task, 10)
+    return status_of(resp)
