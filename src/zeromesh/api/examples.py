@@ -71,6 +71,9 @@ _SPECS: dict[tuple[str, str], dict[str, Any]] = {
         "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
                   "namespace": "other"}],
         "to": [{"group": "", "kind": "Service"}]}},
+    ("zeromesh.io", "LocalRateLimit"): {"spec": {
+        "targetRefs": [{"kind": "Service", "group": "", "name": "demo"}],
+        "tokenBucket": {"maxTokens": 10, "tokensPerFill": 10, "fillInterval": "1s"}}},
 }
 
 

@@ -79,6 +79,7 @@ ALL_KINDS: tuple[KindInfo, ...] = (
     _k("TCPRoute", GATEWAY_API, ("v1alpha2",), "tcproutes"),
     _k("TLSRoute", GATEWAY_API, ("v1alpha2",), "tlsroutes"),
     _k("ReferenceGrant", GATEWAY_API, ("v1beta1", "v1alpha2"), "referencegrants", "refgrant"),
+    _k("LocalRateLimit", "zeromesh.io", ("v1alpha1",), "localratelimits", "lrl"),
 )
 
 _BY_GROUP_KIND: dict[tuple[str, str], KindInfo] = {(k.group, k.kind): k for k in ALL_KINDS}

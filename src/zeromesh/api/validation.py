@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from zeromesh.api import core, gatewayapi, istio_networking, istio_security, workloads
+from zeromesh.api import core, gatewayapi, istio_networking, istio_security, workloads, zeromesh_kinds
 from zeromesh.api.kinds import ALL_KINDS, KindInfo, find_kind, kinds_named, split_api_version
 from zeromesh.api.manifest import LoadedDoc, Source
 from zeromesh.api.names import dns1123_label_error
@@ -44,6 +44,7 @@ SCHEMAS: dict[tuple[str, str], KindSchema] = {
     **istio_security.SCHEMAS,
     **istio_networking.SCHEMAS,
     **gatewayapi.SCHEMAS,
+    **zeromesh_kinds.SCHEMAS,
 }
 
 SERVER_METADATA = frozenset({

@@ -119,9 +119,14 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """``attempts`` counts retries after the first try (Istio's meaning); numeric
+    ``retry_on`` entries are retriable status codes; ``backoff_s`` is Istio's
+    ``retries.backoff`` (Envoy's base interval; None = 25 ms)."""
+
     attempts: int
     per_try_timeout_s: float | None = None
     retry_on: frozenset[str] = frozenset()
+    backoff_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

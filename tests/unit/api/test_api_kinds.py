@@ -40,6 +40,7 @@ EXPECTED = {
     (GW, "TCPRoute"): (("v1alpha2",), "tcproutes", True, False),
     (GW, "TLSRoute"): (("v1alpha2",), "tlsroutes", True, False),
     (GW, "ReferenceGrant"): (("v1beta1", "v1alpha2"), "referencegrants", True, False),
+    ("zeromesh.io", "LocalRateLimit"): (("v1alpha1",), "localratelimits", True, False),
 }
 
 
