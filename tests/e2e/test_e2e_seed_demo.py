@@ -63,7 +63,8 @@ def test_step4_allow_ns1_sleep_to_ns2_echo_only(demo: Cluster) -> None:
 
 def test_step7_waypoint_allows_get_and_denies_post(demo: Cluster) -> None:
     demo.apply(SEED / "waypoint-proxy.yaml", SEED / "allow-get-to-echo-ns2.yaml")
-    eventually(lambda: any(p["metadata"]["labels"].get("istio.io/gateway-name") == "echo-service-account-ns2-gw"
+    gw = "echo-service-account-ns2-gw"
+    eventually(lambda: any(p["metadata"]["labels"].get("istio.io/gateway-name") == gw
                            for p in demo.pods("ns2")), "no waypoint pod", timeout=20)
     demo.wait_ready("ns2", count=5)
 
