@@ -19,9 +19,9 @@ from zeromesh.waypoint.engine import HttpEngine, Peer
 from zeromesh.waypoint.telemetry import WaypointTelemetry
 
 HOSTS = {"ok": "127.0.0.2", "reset": "127.0.0.3", "hang": "127.0.0.4", "dead": "127.0.0.5",
-         "bad": "127.0.0.6"}
+         "bad": "127.0.0.6", "err": "127.0.0.7", "slow": "127.0.0.8"}
 VIPS = {"ok": "10.96.0.10", "reset": "10.96.0.11", "hang": "10.96.0.12", "dead": "10.96.0.13",
-        "bad": "10.96.0.14"}
+        "bad": "10.96.0.14", "err": "10.96.0.15", "slow": "10.96.0.16", "pair": "10.96.0.17"}
 
 
 def free_port() -> int:
@@ -43,6 +43,12 @@ def state(ports: dict[str, int], extra: dict[str, Any] | None = None) -> dict[st
             "ports": [{"port": 80, "target_port": port, "name": "http"}],
             "endpoints": [{"workload_uid": uid, "ip": HOSTS[name], "ports": {"80": port},
                            "ready": True}]}
+    # "pair": one healthy and one failing endpoint behind one service.
+    svcs["ns/pair"] = {
+        "namespace": "ns", "name": "pair", "hostname": "pair.ns.svc.cluster.local", "vip": VIPS["pair"],
+        "ports": [{"port": 80, "target_port": 80, "name": "http"}],
+        "endpoints": [{"workload_uid": f"u-{n}", "ip": HOSTS[n], "ports": {"80": ports[n]}, "ready": True}
+                      for n in ("ok", "err")]}
     return {"workload": wls, "service": svcs, **(extra or {})}
 
 
@@ -57,6 +63,12 @@ async def backend(kind: str) -> tuple[asyncio.AbstractServer, int]:
                 if kind == "hang":
                     await asyncio.sleep(30)
                     return
+                if kind == "slow":
+                    await asyncio.sleep(1.0)
+                if kind == "err":
+                    w.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 3\r\n\r\nerr")
+                    await w.drain()
+                    continue
                 if kind == "bad":
                     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello")
                     await w.drain()
@@ -80,11 +92,11 @@ VS_TIMEOUT = {"virtualservices.networking.istio.io": {"ns/hang": {
 
 
 @contextlib.asynccontextmanager
-async def running_engine() -> AsyncIterator[tuple[int, HttpEngine]]:
-    servers = {k: await backend(k) for k in ("ok", "reset", "hang", "bad")}
+async def running_engine(extra: dict[str, Any] | None = None) -> AsyncIterator[tuple[int, HttpEngine]]:
+    servers = {k: await backend(k) for k in ("ok", "reset", "hang", "bad", "err", "slow")}
     ports = {k: port for k, (_, port) in servers.items()}
     ports["dead"] = free_port()
-    cfg = WaypointConfig.build(state(ports, VS_TIMEOUT), "1", namespace="ns", name="wp")
+    cfg = WaypointConfig.build(state(ports, {**VS_TIMEOUT, **(extra or {})}), "1", namespace="ns", name="wp")
 
     async def connect(up: Upstream, _headers: list[tuple[str, str]]) -> Duplex:
         r, w = await asyncio.open_connection(up.ip, up.port)
@@ -94,8 +106,9 @@ async def running_engine() -> AsyncIterator[tuple[int, HttpEngine]]:
     eng.request_timeout = 0.5
 
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        # The first line names the service to reach (stands in for the HBONE authority).
-        dest = cfg.resolve(f"{VIPS['ok']}:80")
+        # The first line names the service (it stands in for the HBONE authority).
+        line = await r.readline()
+        dest = cfg.resolve(f"{VIPS[line.decode().strip() or 'ok']}:80")
         peer = Peer("cluster.local/ns/ns/sa/client", "127.0.0.1", 1, None)
         await eng.serve(StreamDuplex(r, w), dest, peer)  # type: ignore[arg-type]
 
@@ -110,9 +123,13 @@ async def running_engine() -> AsyncIterator[tuple[int, HttpEngine]]:
 
 
 async def exchange(port: int, data: bytes, *, wait: float = 3.0) -> bytes:
+    return await exchange_to(port, "ok", data, wait=wait)
+
+
+async def exchange_to(port: int, service: str, data: bytes, *, wait: float = 3.0) -> bytes:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     try:
-        w.write(data)
+        w.write(service.encode() + b"\n" + data)
         await w.drain()
         out = b""
         with contextlib.suppress(TimeoutError, ConnectionError):
@@ -157,8 +174,9 @@ def test_malformed_requests_get_their_status(raw: bytes, status: int) -> None:
 def test_upstream_failures_map_to_502_503_504(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="zeromesh.access")
     asyncio.run(_upstream_failures())
-    flags = {json.loads(r.getMessage())["flags"] for r in caplog.records if r.name == "zeromesh.access"}
-    assert {"UC", "UF", "UT", "UPE"} <= flags
+    flags = {f for r in caplog.records if r.name == "zeromesh.access"
+             for f in json.loads(r.getMessage())["flags"].split(",")}
+    assert {"UC", "UF", "UT", "UPE", "URX"} <= flags
 
 
 async def _upstream_failures() -> None:
@@ -190,3 +208,57 @@ async def one_request(eng: HttpEngine, dest: Any, name: str) -> int:
     wb.close()
     await asyncio.wait_for(task, 10)
     return status_of(resp)
+
+
+# ---- resilience: DestinationRule trafficPolicy and the zeromesh.io LocalRateLimit -------------
+def _dr(host: str, policy: dict[str, Any]) -> dict[str, Any]:
+    return {"destinationrules.networking.istio.io": {f"ns/{host}": {
+        "metadata": {"name": host, "namespace": "ns"}, "spec": {"host": host, "trafficPolicy": policy}}}}
+
+
+async def _statuses(eng: HttpEngine, name: str, n: int) -> list[int]:
+    dest = eng.config().resolve(f"{VIPS[name]}:80")
+    return [await one_request(eng, dest, name) for _ in range(n)]
+
+
+def test_round_robin_spreads_and_outlier_detection_ejects_the_failing_endpoint() -> None:
+    async def main() -> None:
+        rr = _dr("pair", {"loadBalancer": {"simple": "ROUND_ROBIN"}})
+        async with running_engine(rr) as (_, eng):
+            got = await _statuses(eng, "pair", 6)
+            assert sorted(got) == [200, 200, 200, 500, 500, 500], got      # alternates, no retry on 500
+        od = _dr("pair", {"loadBalancer": {"simple": "ROUND_ROBIN"},
+                          "outlierDetection": {"consecutive5xxErrors": 1, "interval": "1s",
+                                               "baseEjectionTime": "30s", "maxEjectionPercent": 100}})
+        async with running_engine(od) as (_, eng):
+            got = await _statuses(eng, "pair", 8)
+            assert got.count(500) == 1 and got.count(200) == 7, got        # ejected after its first 500
+    asyncio.run(main())
+
+
+def test_connection_pool_limits_overflow_with_503_and_x_envoy_overloaded() -> None:
+    async def main() -> None:
+        dr = _dr("slow", {"connectionPool": {"tcp": {"maxConnections": 1},
+                                             "http": {"http1MaxPendingRequests": 1}}})
+        async with running_engine(dr) as (port, _):
+            req = b"GET / HTTP/1.1\r\nHost: slow\r\nConnection: close\r\n\r\n"
+
+            async def one() -> bytes:
+                return await exchange_to(port, "slow", req)
+            answers = await asyncio.gather(*(one() for _ in range(4)))
+            codes = sorted(status_of(a) for a in answers)
+            assert codes == [200, 200, 503, 503], codes                     # 1 active + 1 queued
+            assert all(b"x-envoy-overloaded: true" in a.lower() for a in answers if status_of(a) == 503)
+    asyncio.run(main())
+
+
+def test_local_rate_limit_answers_429_when_the_bucket_is_empty() -> None:
+    async def main() -> None:
+        rl = {"localratelimits.zeromesh.io": {"ns/rl": {
+            "metadata": {"name": "rl", "namespace": "ns"},
+            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "ok"}],
+                     "tokenBucket": {"maxTokens": 2, "tokensPerFill": 1, "fillInterval": "60s"}}}}}
+        async with running_engine(rl) as (_, eng):
+            assert await _statuses(eng, "ok", 4) == [200, 200, 429, 429]
+            assert await _statuses(eng, "err", 1) == [500]                  # other services unaffected
+    asyncio.run(main())

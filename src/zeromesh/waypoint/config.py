@@ -26,6 +26,14 @@ from zeromesh.policy import CompiledPolicy, Enforcer, PolicySet, Target, applica
 from zeromesh.policy import Workload as PolicyWorkload
 from zeromesh.routing import Route, compile_http_routes, compile_virtual_service
 from zeromesh.routing.compile import destination_rule_subsets, service_host
+from zeromesh.routing.resilience import RateLimitPolicy, compile_rate_limit
+from zeromesh.routing.traffic_policy import (
+    DEFAULT_TRAFFIC_POLICY,
+    DestinationPolicies,
+    TrafficPolicy,
+    compile_destination_rules,
+    find_policies,
+)
 from zeromesh.ztunnel.config import ROOT_NAMESPACE, ServiceInfo, Snapshot, WaypointInfo, WorkloadInfo
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -35,6 +43,7 @@ DR = "destinationrules.networking.istio.io"
 HTTPROUTES = "httproutes.gateway.networking.k8s.io"
 AUTHZ = "authorizationpolicies.security.istio.io"
 AUTHN = "requestauthentications.security.istio.io"
+RATE_LIMITS = "localratelimits.zeromesh.io"
 MESH_GATEWAY = "mesh"
 
 
@@ -82,6 +91,8 @@ class WaypointConfig:
     authz_tcp: tuple[CompiledPolicy, ...]
     services_by_host: Mapping[str, ServiceInfo]
     authn: tuple[CompiledRequestAuthn, ...] = ()
+    traffic: Mapping[str, DestinationPolicies] = field(default_factory=dict)
+    rate_limits: tuple[RateLimitPolicy, ...] = ()
     root_namespace: str = ROOT_NAMESPACE
     _sets: dict[tuple[str, bool], PolicySet] = field(default_factory=dict, repr=False)
     _authn_sets: dict[str, AuthnSet] = field(default_factory=dict, repr=False)
@@ -154,6 +165,11 @@ class WaypointConfig:
             self._authn_sets[key] = got
         return got
 
+    def traffic_policy(self, host: str, subset: str | None, port: int | None) -> TrafficPolicy:
+        """DestinationRule trafficPolicy of one cluster (host, subset, port)."""
+        found = find_policies(self.traffic, host)
+        return found.get(subset, port) if found is not None else DEFAULT_TRAFFIC_POLICY
+
     def routes_for(self, dest: Destination) -> tuple[Route, ...]:
         return self.routes.get(dest.host, ())
 
@@ -209,7 +225,9 @@ class WaypointConfig:
                             for obj in (state.get(AUTHZ) or {}).values() if obj),
             services_by_host=by_host, root_namespace=root_namespace,
             authn=compile_request_authns((o for o in (state.get(AUTHN) or {}).values() if o),
-                                         root_namespace=root_namespace))
+                                         root_namespace=root_namespace),
+            traffic=compile_destination_rules(d for d in (state.get(DR) or {}).values() if d),
+            rate_limits=tuple(compile_rate_limit(o) for o in (state.get(RATE_LIMITS) or {}).values() if o))
 
 
 def _hosts(obj: Mapping[str, Any], written: Any, by_host: Mapping[str, ServiceInfo]) -> list[str]:

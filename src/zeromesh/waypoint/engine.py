@@ -25,7 +25,6 @@ from zeromesh.policy import Request, evaluate
 from zeromesh.routing import (
     Backend,
     HttpRequest,
-    RetryPolicy,
     RouteAction,
     fault_decision,
     find_route,
@@ -35,8 +34,33 @@ from zeromesh.routing import (
     rewrite_request,
 )
 from zeromesh.routing.model import HeaderOps, RequestMatch
+from zeromesh.routing.resilience import (
+    NO_HEALTHY_UPSTREAM,
+    OVERFLOW_REPLY,
+    Admission,
+    LbKind,
+    LoadBalancer,
+    OutlierDetector,
+    PoolAccountant,
+    PoolLimits,
+    RateLimitPolicy,
+    TokenBucket,
+    connection_reusable,
+    healthy_endpoints,
+)
+from zeromesh.routing.retry import (
+    Done,
+    Failure,
+    FailureKind,
+    GiveUp,
+    Outcome,
+    Retry,
+    RetryState,
+    UpstreamResponse,
+)
+from zeromesh.routing.traffic_policy import TrafficPolicy
 from zeromesh.waypoint import http1
-from zeromesh.waypoint.config import Destination, Upstream, WaypointConfig
+from zeromesh.waypoint.config import GATEWAY_GROUP, Destination, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, splice
 from zeromesh.waypoint.http1 import Headers, Message, MessageError, Parser, local_reply
 from zeromesh.waypoint.jwks_fetch import JwksFetcher
@@ -50,10 +74,6 @@ IDLE_TIMEOUT = 300.0          # a keep-alive connection with nothing in flight
 REQUEST_TIMEOUT = 15.0        # a client that started a request must finish its head and body
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
-# Istio's default retry policy for HTTP routes that do not set one.
-DEFAULT_RETRIES = RetryPolicy(attempts=2, retry_on=frozenset({
-    "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}))
-BACKOFF_BASE, BACKOFF_MAX = 0.025, 0.25
 
 
 class ConnectFailure(Exception):
@@ -69,6 +89,33 @@ class UpstreamProtocolError(UpstreamReset):
 
 
 Connector = Callable[[Upstream, list[tuple[str, str]]], Awaitable[Duplex]]
+
+
+LocalAnswer = tuple[int, str, str, str, list[tuple[str, str]]]   # status, body, flags, reason, headers
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswerBox:
+    """An attempt's result that ends the request at once (an upstream protocol error)."""
+    answer: LocalAnswer
+
+
+def _give_up(g: GiveUp, reason: str) -> LocalAnswer:
+    return (g.status, g.body, g.flags, reason, list(g.headers))
+
+
+class ClusterState:
+    """Per (host, subset, port): the DestinationRule's balancer, circuit breaker and outlier
+    detector, with the requests in flight per endpoint (for least-request)."""
+
+    def __init__(self, policy: TrafficPolicy, rng: Callable[[], float], now: float) -> None:
+        self.policy = policy
+        kind = policy.load_balancer if policy.load_balancer is not LbKind.PASSTHROUGH else LbKind.ROUND_ROBIN
+        self.lb = LoadBalancer(kind, rng)
+        self.pool = PoolAccountant(policy.pool)
+        self.outlier = OutlierDetector(policy.outlier, [], now=now) if policy.outlier is not None else None
+        self.active: dict[str, int] = {}
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
 
 @dataclass(slots=True)
@@ -200,6 +247,9 @@ class HttpEngine:
         self.telemetry = telemetry
         self.rng = rng
         self._rr: dict[tuple[str, int | None, str | None], int] = {}
+        self._clusters: dict[tuple[str, str | None, int | None], ClusterState] = {}
+        self._buckets: dict[tuple[str, str, tuple[str, str, str, str]],
+                            tuple[RateLimitPolicy, TokenBucket]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # ---- a downstream connection ----------------------------------------------------------
@@ -344,6 +394,10 @@ class HttpEngine:
         else:
             action = RouteAction(backends=(Backend(dest.host, None),))
 
+        limited = self._rate_limited(cfg, dest, rec.route)
+        if limited is not None:
+            return local(limited.status, limited.body, limited.flags, "local rate limit",
+                         list(limited.headers))
         if action.redirect is not None:
             location = redirect_location(action.redirect, match, hreq)
             return local(action.redirect.status, "", "-", "redirect", [("location", location)])
@@ -370,88 +424,158 @@ class HttpEngine:
             self._mirror(mirror, dest, req.method, fwd.path, out_headers, req.body)
 
         request_bytes = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
-        try:
-            resp = await self._exchange(backend, dest, request_bytes, req.method == "HEAD", action, rec)
-        except TimeoutError:
-            return local(504, "upstream request timeout", "UT", "route timeout")
+        resp = await self._exchange(backend, dest, request_bytes, req.method == "HEAD", action, rec)
         if isinstance(resp, tuple):
-            return local(*resp)
+            status, body, flags, reason, extra = resp
+            return local(status, body, flags, reason, list(extra))
         resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp))
         resp_headers = apply_ops(action.response_header_ops, resp_headers)
         rec.status = resp.status
         return Reply(resp.status, resp_headers, resp.body)
 
-    async def _exchange(self, backend: Backend, dest: Destination, request: bytes, head_only: bool,
-                        action: RouteAction, rec: RequestRecord) -> Message | tuple[int, str, str, str]:
-        """Send to one endpoint, retrying as the route says, within the route's timeout."""
-        cfg = self.config()
-        policy = action.retries if action.retries is not None else DEFAULT_RETRIES
+    def _rate_limited(self, cfg: WaypointConfig, dest: Destination, route: str) -> GiveUp | None:
+        """zeromesh.io LocalRateLimit: one token bucket per (policy, target) in this waypoint."""
+        if not cfg.rate_limits:
+            return None
+        targets = [(GATEWAY_GROUP, "Gateway", cfg.name, cfg.namespace)]
+        if dest.service is not None:
+            targets.append(("", "Service", dest.service.name, dest.service.namespace))
+        parts = route.split("/")
+        if len(parts) >= 3:
+            targets.append((GATEWAY_GROUP, "HTTPRoute", parts[1], parts[0]))
+        now = time.monotonic()
+        for rl in cfg.rate_limits:
+            for t in targets:
+                if not rl.applies_to(*t):
+                    continue
+                key = (rl.namespace, rl.name, t)
+                have = self._buckets.get(key)
+                if have is None or have[0] != rl:
+                    have = (rl, rl.bucket(now))
+                    self._buckets[key] = have
+                if not have[1].take(now):
+                    return rl.reply
+        return None
 
-        async def attempts() -> Message | tuple[int, str, str, str]:
-            last: Message | tuple[int, str, str, str] = (503, "no healthy upstream", "UH", "no endpoint")
-            tried: set[str] = set()
-            for attempt in range(policy.attempts + 1):
-                rec.attempts = attempt + 1
+    def _cluster(self, backend: Backend) -> ClusterState:
+        """One cluster's balancer, circuit breaker and outlier detector, kept across config
+        versions while its DestinationRule policy stays the same."""
+        key = (backend.host, backend.subset, backend.port)
+        policy = self.config().traffic_policy(backend.host, backend.subset, backend.port)
+        got = self._clusters.get(key)
+        if got is None or got.policy != policy:
+            got = ClusterState(policy, self.rng, time.monotonic())
+            self._clusters[key] = got
+        return got
+
+    async def _exchange(self, backend: Backend, dest: Destination, request: bytes, head_only: bool,
+                        action: RouteAction, rec: RequestRecord) -> Message | LocalAnswer:
+        """Send to one endpoint at a time, retrying as the route says (Envoy's decisions, from
+        :mod:`zeromesh.routing.retry`), inside the route timeout and the cluster's limits."""
+        cfg = self.config()
+        cluster = self._cluster(backend)
+        state = RetryState.for_route(action, now=time.monotonic(), rng=self.rng, budget=cluster.pool)
+        admitted = cluster.pool.admit()
+        if admitted is Admission.OVERFLOW:
+            return _give_up(OVERFLOW_REPLY, "circuit breaker: too many requests for this destination")
+        if admitted is Admission.QUEUE:
+            waiter = asyncio.get_running_loop().create_future()
+            cluster.waiting.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, state.attempt_timeout(time.monotonic()))
+            except TimeoutError:
+                cluster.pool.cancel_pending()
+                with contextlib.suppress(ValueError):
+                    cluster.waiting.remove(waiter)
+                return _give_up(state.deadline_exceeded(), "route timeout while queued for a connection")
+        try:
+            while True:
+                rec.attempts += 1
                 endpoints = cfg.endpoints(backend.host, backend.port, backend.subset, dest)
                 if endpoints is None:
-                    return (500, "no such service\n", "NC", f"backend {backend.host} is not a known service")
-                if not endpoints:
-                    return (503, "no healthy upstream", "UH",
-                            f"no ready endpoint for {backend.host}"
-                            + (f" subset {backend.subset}" if backend.subset else ""))
-                # Envoy's retry host predicate is off by default; prefer untried endpoints anyway.
-                fresh = [e for e in endpoints if e.key not in tried] or endpoints
-                up = self._pick(fresh, backend)
-                tried.add(up.key)
+                    return (500, "no such service\n", "NC",
+                            f"backend {backend.host} is not a known service", [])
+                now = time.monotonic()
+                by_key = {e.key: e for e in endpoints}
+                keys = list(by_key)
+                if cluster.outlier is not None:
+                    cluster.outlier.set_endpoints(keys, now)
+                    hosts = healthy_endpoints(keys, cluster.outlier.ejected(now),
+                                              cluster.policy.panic_threshold_percent)
+                    keys = list(hosts.endpoints)
+                if not keys:
+                    what = backend.host + (f" subset {backend.subset}" if backend.subset else "")
+                    return _give_up(NO_HEALTHY_UPSTREAM, f"no ready endpoint for {what}")
+                key = cluster.lb.pick(keys, active=cluster.active, exclude=state.attempted) or keys[0]
+                up = by_key[key]
                 rec.upstream = up.key
                 rec.destination = up.workload
                 rec.dst_identity = up.workload.identity.uri if up.meshed and up.workload else ""
-                outcome, result = await self._attempt(up, request, head_only, policy.per_try_timeout_s)
-                if isinstance(result, Message):
-                    if not _retriable_status(policy.retry_on, result.status) or attempt == policy.attempts:
-                        return result
-                    last = result
-                else:
-                    last = result
-                    if not _retriable_failure(policy.retry_on, outcome) or attempt == policy.attempts:
-                        return result
-                delay = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** attempt)) * self.rng()
-                await asyncio.sleep(delay)
-            return last
+                cluster.active[key] = cluster.active.get(key, 0) + 1
+                try:
+                    outcome, resp = await self._attempt(up, request, head_only, state.attempt_timeout(now))
+                finally:
+                    cluster.active[key] -= 1
+                now = time.monotonic()
+                if isinstance(outcome, LocalAnswerBox):
+                    return outcome.answer
+                if cluster.outlier is not None:
+                    cluster.outlier.record(key, outcome, now)
+                act = state.next_action(outcome, now, endpoint=key)
+                if isinstance(act, Retry):
+                    await asyncio.sleep(act.delay_s)
+                    continue
+                if isinstance(act, Done):
+                    assert resp is not None
+                    if act.flags:
+                        rec.flags = act.flags
+                    return resp
+                return _give_up(act, f"upstream {up.key}: {outcome}")
+        finally:
+            state.finish()
+            if cluster.pool.release() and cluster.waiting:
+                w = cluster.waiting.popleft()
+                if not w.done():
+                    w.set_result(None)
 
-        if action.timeout_s:
-            return await asyncio.wait_for(attempts(), action.timeout_s)
-        return await attempts()
-
-    async def _attempt(self, up: Upstream, request: bytes, head_only: bool, per_try: float | None
-                       ) -> tuple[str, Message | tuple[int, str, str, str]]:
+    async def _attempt(self, up: Upstream, request: bytes, head_only: bool, timeout: float | None
+                       ) -> tuple[Outcome | LocalAnswerBox, Message | None]:
         for _ in range(2):       # a reused keep-alive connection may have been closed: once more
             try:
-                conn, reused = await self.upstreams.acquire(up, [])
-            except ConnectFailure as e:
-                return "connect-failure", (503, "upstream connect error or disconnect/reset before "
-                                                "headers. reset reason: connection failure", "UF", str(e))
+                conn, reused = await asyncio.wait_for(self.upstreams.acquire(up, []), timeout)
+            except (ConnectFailure, TimeoutError) as e:
+                log.debug("connect %s: %s", up.key, e)
+                kind = (FailureKind.PER_TRY_TIMEOUT if isinstance(e, TimeoutError)
+                        else FailureKind.CONNECT_FAILURE)
+                return Failure(kind, request_sent=False), None
             try:
                 await conn.duplex.send(request)
-                resp = (await asyncio.wait_for(conn.response(head_only), per_try) if per_try
+                resp = (await asyncio.wait_for(conn.response(head_only), timeout) if timeout
                         else await conn.response(head_only))
             except TimeoutError:
                 conn.duplex.abort()
-                return "per-try-timeout", (504, "upstream request timeout", "UT", "per-try timeout")
+                return Failure(FailureKind.PER_TRY_TIMEOUT), None
             except UpstreamProtocolError as e:
                 conn.duplex.abort()
-                return "reset", (502, "upstream connect error or disconnect/reset before headers. "
-                                      "reset reason: protocol error", "UPE", str(e))
-            except (UpstreamReset, OSError, ConnectionError) as e:
+                return LocalAnswerBox((502, "upstream connect error or disconnect/reset before headers. "
+                                            "reset reason: protocol error", "UPE", str(e), [])), None
+            except (UpstreamReset, OSError, ConnectionError):
                 conn.duplex.abort()
                 if reused:
                     continue
-                return "reset", (503, "upstream connect error or disconnect/reset before headers. "
-                                      "reset reason: connection termination", "UC", str(e))
+                return Failure(FailureKind.DISCONNECT), None
             conn.used += 1
-            self.upstreams.release(conn, resp.keep_alive and not resp.upgrade)
-            return "response", resp
-        return "reset", (503, "upstream reset", "UC", "upstream reset twice")
+            reusable = resp.keep_alive and not resp.upgrade and connection_reusable(
+                conn.used, self._cluster_limits(up))
+            self.upstreams.release(conn, reusable)
+            return UpstreamResponse(resp.status, _single(resp.headers)), resp
+        return Failure(FailureKind.DISCONNECT), None
+
+    def _cluster_limits(self, up: Upstream) -> PoolLimits:
+        svc = up.service
+        if svc is None:
+            return PoolLimits()
+        return self.config().traffic_policy(svc.hostname, None, None).pool
 
     def _pick(self, endpoints: list[Upstream], backend: Backend) -> Upstream:
         """Round robin (Istio's default load balancer) per backend."""
@@ -555,25 +679,3 @@ class HttpEngine:
 
     def close(self) -> None:
         self.upstreams.close()
-
-
-def _retriable_status(retry_on: frozenset[str], status: int) -> bool:
-    if "5xx" in retry_on and status >= 500:
-        return True
-    if "gateway-error" in retry_on and status in (502, 503, 504):
-        return True
-    if "retriable-4xx" in retry_on and status == 409:
-        return True
-    if "retriable-status-codes" in retry_on and status == 503:
-        return True
-    return str(status) in retry_on
-
-
-def _retriable_failure(retry_on: frozenset[str], outcome: str) -> bool:
-    if outcome == "connect-failure":
-        return bool({"connect-failure", "5xx", "gateway-error"} & retry_on)
-    if outcome == "reset":
-        return bool({"reset", "5xx", "gateway-error"} & retry_on)
-    if outcome == "per-try-timeout":
-        return bool({"5xx", "gateway-error"} & retry_on)
-    return False

@@ -7,7 +7,7 @@ import pytest
 
 from zeromesh.routing import HeaderOps
 from zeromesh.waypoint import http1
-from zeromesh.waypoint.engine import _retriable_failure, _retriable_status, apply_ops, looks_http1
+from zeromesh.waypoint.engine import apply_ops, looks_http1
 from zeromesh.waypoint.http1 import MessageError, Parser
 
 
@@ -99,22 +99,3 @@ def test_header_operations_on_multi_valued_headers(ops: HeaderOps, before: list[
 ])
 def test_protocol_detection(first: bytes, http: bool) -> None:
     assert looks_http1(first) is http
-
-
-@pytest.mark.parametrize(("retry_on", "status", "retry"), [
-    ({"5xx"}, 500, True), ({"5xx"}, 404, False), ({"gateway-error"}, 500, False),
-    ({"gateway-error"}, 503, True), ({"retriable-status-codes"}, 503, True),
-    ({"retriable-status-codes"}, 500, False), ({"retriable-4xx"}, 409, True),
-    ({"connect-failure"}, 503, False),
-])
-def test_retry_on_status(retry_on: set[str], status: int, retry: bool) -> None:
-    assert _retriable_status(frozenset(retry_on), status) is retry
-
-
-@pytest.mark.parametrize(("retry_on", "outcome", "retry"), [
-    ({"connect-failure"}, "connect-failure", True), ({"reset"}, "reset", True),
-    ({"5xx"}, "reset", True), ({"5xx"}, "per-try-timeout", True), ({"reset"}, "connect-failure", False),
-    ({"connect-failure"}, "per-try-timeout", False),
-])
-def test_retry_on_failure(retry_on: set[str], outcome: str, retry: bool) -> None:
-    assert _retriable_failure(frozenset(retry_on), outcome) is retry
