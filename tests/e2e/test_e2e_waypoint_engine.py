@@ -52,11 +52,24 @@ def state(ports: dict[str, int], extra: dict[str, Any] | None = None) -> dict[st
     return {"workload": wls, "service": svcs, **(extra or {})}
 
 
+RECEIVED: dict[str, list[bytes]] = {}
+
+
 async def backend(kind: str) -> tuple[asyncio.AbstractServer, int]:
+    RECEIVED[kind] = []
+
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             while True:
                 head = await r.readuntil(b"\r\n\r\n")
+                RECEIVED[kind].append(head)
+                if b"upgrade: websocket" in head.lower():
+                    w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                            b"Connection: Upgrade\r\n\r\n")
+                    while data := await r.read(65536):      # echo frames back, raw
+                        w.write(data)
+                        await w.drain()
+                    return
                 if kind == "reset":
                     w.transport.abort()
                     return
@@ -261,4 +274,63 @@ def test_local_rate_limit_answers_429_when_the_bucket_is_empty() -> None:
         async with running_engine(rl) as (_, eng):
             assert await _statuses(eng, "ok", 4) == [200, 200, 429, 429]
             assert await _statuses(eng, "err", 1) == [500]                  # other services unaffected
+    asyncio.run(main())
+
+
+# ---- routing features over real sockets ---------------------------------------------------------
+ROUTED = {"virtualservices.networking.istio.io": {"ns/ok": {
+    "metadata": {"name": "ok", "namespace": "ns"},
+    "spec": {"hosts": ["ok"], "http": [
+        {"match": [{"uri": {"prefix": "/old"}}], "redirect": {"uri": "/new", "redirectCode": 301}},
+        {"match": [{"uri": {"prefix": "/v1"}}], "rewrite": {"uri": "/api"},
+         "route": [{"destination": {"host": "ok"}}], "mirror": {"host": "err"},
+         "headers": {"request": {"set": {"x-route": "v1"}}, "response": {"add": {"x-served": "waypoint"}}}},
+        {"match": [{"headers": {"x-slow": {"exact": "yes"}}}],
+         "fault": {"delay": {"fixedDelay": "0.3s", "percentage": {"value": 100}}},
+         "route": [{"destination": {"host": "ok"}}]},
+        {"match": [{"queryParams": {"deny": {"exact": "1"}}, "method": {"exact": "GET"}}],
+         "fault": {"abort": {"httpStatus": 451, "percentage": {"value": 100}}},
+         "route": [{"destination": {"host": "ok"}}]},
+        {"route": [{"destination": {"host": "ok"}}]}]}}}}
+
+
+def test_redirect_rewrite_headers_mirror_delay_and_abort() -> None:
+    async def main() -> None:
+        async with running_engine(ROUTED) as (port, _):
+            async def get(path: str, *headers: str) -> bytes:
+                extra = "".join(f"{h}\r\n" for h in headers)
+                return await exchange(port, f"GET {path} HTTP/1.1\r\nHost: ok\r\n{extra}"
+                                            "Connection: close\r\n\r\n".encode())
+            r = await get("/old/x")
+            assert status_of(r) == 301 and b"location: http://ok/new" in r.lower()
+            r = await get("/v1/items?q=1")
+            assert status_of(r) == 200 and b"x-served: waypoint" in r.lower()
+            seen = RECEIVED["ok"][-1].decode().lower()
+            assert seen.startswith("get /api/items?q=1 http/1.1") and "x-route: v1" in seen
+            for _ in range(50):                       # the mirror is fire-and-forget
+                if RECEIVED["err"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert RECEIVED["err"] and b"host: ok-shadow" in RECEIVED["err"][-1].lower()
+            t0 = asyncio.get_running_loop().time()
+            assert status_of(await get("/", "x-slow: yes")) == 200
+            assert asyncio.get_running_loop().time() - t0 >= 0.3
+            assert status_of(await get("/?deny=1")) == 451
+            assert status_of(await get("/?deny=0")) == 200
+    asyncio.run(main())
+
+
+def test_websocket_upgrade_is_spliced_through() -> None:
+    async def main() -> None:
+        async with running_engine() as (port, _):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"ok\nGET /ws HTTP/1.1\r\nHost: ok\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            await w.drain()
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101") and b"upgrade: websocket" in head.lower()
+            w.write(b"\x81\x05hello")
+            await w.drain()
+            assert await asyncio.wait_for(r.readexactly(7), 5) == b"\x81\x05hello"
+            w.close()
     asyncio.run(main())
