@@ -229,6 +229,17 @@ def test_l7_policy_allows_get_and_denies_post_at_the_waypoint(legacy: tuple[Clus
     assert "RBAC: access denied" in r.stdout and "waypoint" not in r.stdout.lower()
 
 
+def test_http2_prior_knowledge_through_the_waypoint(legacy: tuple[Cluster, str]) -> None:
+    c, ns = legacy
+    r = c.curl(ns, "deploy/client", f"http://echo.{ns}/h2", "--http2-prior-knowledge",
+               "-w", " %{http_version} %{http_code}")
+    assert r.stdout.endswith(" 2 200"), r.stdout
+    assert json.loads(r.stdout.rsplit(" ", 2)[0])["path"] == "/h2"
+    r = c.curl(ns, "deploy/client", f"http://echo.{ns}/h2", "--http2-prior-knowledge", "-X", "POST",
+               "-o", "/dev/null", "-w", "%{http_code}")
+    assert r.stdout == "403"
+
+
 def test_canary_split_90_10_with_short_hosts(legacy: tuple[Cluster, str]) -> None:
     c, ns = legacy
     c.apply("-", input=ROUTES.format(ns=ns))

@@ -244,6 +244,8 @@ class HttpEngine:
         self.idle_timeout = IDLE_TIMEOUT
         self.request_timeout = REQUEST_TIMEOUT
         self.upstreams = UpstreamPool(connect)
+        from zeromesh.waypoint import http2  # http2 imports this module: import it here
+        self.h2 = http2.H2Upstreams(connect)
         self.telemetry = telemetry
         self.rng = rng
         self._rr: dict[tuple[str, int | None, str | None], int] = {}
@@ -262,7 +264,10 @@ class HttpEngine:
         if not first:
             down.close()
             return
-        if looks_http1(first):
+        from zeromesh.waypoint import http2
+        if http2.is_preface(first):
+            await http2.serve_http2(self, down, first, dest, peer)
+        elif looks_http1(first):
             await self._serve_http1(down, first, dest, peer)
         else:
             # HTTP/2 is not parsed yet: it and every other protocol get L4 treatment.
@@ -423,15 +428,20 @@ class HttpEngine:
         for mirror in mirror_decision(action.mirrors, self.rng):
             self._mirror(mirror, dest, req.method, fwd.path, out_headers, req.body)
 
-        request_bytes = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
-        resp = await self._exchange(backend, dest, request_bytes, req.method == "HEAD", action, rec)
+        request: bytes | Message
+        if req.protocol == "grpc":        # gRPC needs HTTP/2 end to end (trailers carry its status)
+            request = Message(headers=out_headers, body=req.body, method=req.method, target=fwd.path,
+                              protocol="grpc")
+        else:
+            request = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
+        resp = await self._exchange(backend, dest, request, req.method == "HEAD", action, rec)
         if isinstance(resp, tuple):
             status, body, flags, reason, extra = resp
             return local(status, body, flags, reason, list(extra))
         resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp))
         resp_headers = apply_ops(action.response_header_ops, resp_headers)
         rec.status = resp.status
-        return Reply(resp.status, resp_headers, resp.body)
+        return Reply(resp.status, resp_headers, resp.body, trailers=resp.trailers)
 
     def _rate_limited(self, cfg: WaypointConfig, dest: Destination, route: str) -> GiveUp | None:
         """zeromesh.io LocalRateLimit: one token bucket per (policy, target) in this waypoint."""
@@ -468,7 +478,7 @@ class HttpEngine:
             self._clusters[key] = got
         return got
 
-    async def _exchange(self, backend: Backend, dest: Destination, request: bytes, head_only: bool,
+    async def _exchange(self, backend: Backend, dest: Destination, request: bytes | Message, head_only: bool,
                         action: RouteAction, rec: RequestRecord) -> Message | LocalAnswer:
         """Send to one endpoint at a time, retrying as the route says (Envoy's decisions, from
         :mod:`zeromesh.routing.retry`), inside the route timeout and the cluster's limits."""
@@ -538,8 +548,10 @@ class HttpEngine:
                 if not w.done():
                     w.set_result(None)
 
-    async def _attempt(self, up: Upstream, request: bytes, head_only: bool, timeout: float | None
+    async def _attempt(self, up: Upstream, request: bytes | Message, head_only: bool, timeout: float | None
                        ) -> tuple[Outcome | LocalAnswerBox, Message | None]:
+        if isinstance(request, Message):
+            return await self._attempt_h2(up, request, timeout)
         for _ in range(2):       # a reused keep-alive connection may have been closed: once more
             try:
                 conn, reused = await asyncio.wait_for(self.upstreams.acquire(up, []), timeout)
@@ -552,6 +564,9 @@ class HttpEngine:
                 await conn.duplex.send(request)
                 resp = (await asyncio.wait_for(conn.response(head_only), timeout) if timeout
                         else await conn.response(head_only))
+            except asyncio.CancelledError:
+                conn.duplex.abort()           # never leak a half-used connection
+                raise
             except TimeoutError:
                 conn.duplex.abort()
                 return Failure(FailureKind.PER_TRY_TIMEOUT), None
@@ -570,6 +585,27 @@ class HttpEngine:
             self.upstreams.release(conn, reusable)
             return UpstreamResponse(resp.status, _single(resp.headers)), resp
         return Failure(FailureKind.DISCONNECT), None
+
+    async def _attempt_h2(self, up: Upstream, request: Message, timeout: float | None
+                          ) -> tuple[Outcome | LocalAnswerBox, Message | None]:
+        from zeromesh.waypoint import http2
+        try:
+            resp = await self.h2.exchange(up, request, timeout)
+        except ConnectFailure:
+            return Failure(FailureKind.CONNECT_FAILURE, request_sent=False), None
+        except TimeoutError:
+            return Failure(FailureKind.PER_TRY_TIMEOUT), None
+        except UpstreamProtocolError as e:
+            return LocalAnswerBox((502, "upstream connect error or disconnect/reset before headers. "
+                                        "reset reason: protocol error", "UPE", str(e), [])), None
+        except http2.StreamRefused:
+            return Failure(FailureKind.REFUSED_STREAM, request_sent=False), None
+        except http2.StreamReset:
+            return Failure(FailureKind.RESET), None
+        except UpstreamReset:
+            return Failure(FailureKind.DISCONNECT), None
+        # Envoy decides retries on response headers (grpc-status there = a trailers-only answer).
+        return UpstreamResponse(resp.status, _single(resp.headers)), resp
 
     def _cluster_limits(self, up: Upstream) -> PoolLimits:
         svc = up.service
@@ -679,3 +715,4 @@ class HttpEngine:
 
     def close(self) -> None:
         self.upstreams.close()
+        self.h2.close()
