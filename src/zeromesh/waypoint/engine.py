@@ -441,6 +441,9 @@ class HttpEngine:
         resp_headers = http1.end_to_end(resp.headers, http1.connection_tokens(resp))
         resp_headers = apply_ops(action.response_header_ops, resp_headers)
         rec.status = resp.status
+        if req.protocol == "grpc":
+            rec.grpc_status = (dict(resp.trailers).get("grpc-status")
+                               or _single(resp.headers).get("grpc-status") or "")
         return Reply(resp.status, resp_headers, resp.body, trailers=resp.trailers)
 
     def _rate_limited(self, cfg: WaypointConfig, dest: Destination, route: str) -> GiveUp | None:

@@ -60,6 +60,7 @@ class RequestRecord:
     attempts: int = 0
     started: float = field(default_factory=time.monotonic)
     request_id: str = ""
+    grpc_status: str = ""
     cluster: str = "Kubernetes"
 
     def labels(self) -> tuple[str, ...]:
@@ -72,7 +73,7 @@ class RequestRecord:
              "destination_service_namespace": svc.namespace if svc else UNKNOWN,
              "request_protocol": self.protocol, "response_flags": self.flags,
              "connection_security_policy": "mutual_tls" if self.mtls_in else "none",
-             "response_code": str(self.status), "grpc_response_status": ""}
+             "response_code": str(self.status), "grpc_response_status": self.grpc_status}
         return tuple(d[k] for k in HTTP_LABELS)
 
     def log_fields(self, duration_ms: float) -> dict[str, Any]:
