@@ -61,7 +61,12 @@ def _write_private(directory: Path, name: str, text: str) -> str:
     return str(path)
 
 
-class WaypointProxy:
+class ProxyProcess:
+    """What a waypoint and the ingress gateway share: the push stream, their own workload
+    certificate, the L7 engine and its upstream connections into the mesh, status and metrics."""
+
+    kind = p.WAYPOINT
+
     def __init__(self, cred: dict[str, Any], directory: Path) -> None:
         self.namespace = os.environ["POD_NAMESPACE"]
         self.pod = os.environ["POD_NAME"]
@@ -77,17 +82,27 @@ class WaypointProxy:
         self.root_file = _write_private(directory, "root-cert.pem", self.roots_pem)
         self.certs = CertManager(self.trust_domain, self._request_cert, directory / "certs")
         self.telemetry = WaypointTelemetry()
-        self.config: WaypointConfig = WaypointConfig.build({}, "", namespace=self.namespace,
-                                                           name=self.gateway, pod_name=self.pod,
-                                                           trust_domain=self.trust_domain)
+        self.config: Any = self.build_config({}, "")
         self.jwks = JwksFetcher()
         self.engine = HttpEngine(lambda: self.config, self._connect_upstream, self.telemetry, jwks=self.jwks)
         self.links = LinkPool()
-        self.client = PushClient(self._url, self._tls, p.Hello(p.WAYPOINT, self.pod, self.node),
+        self.client = PushClient(self._url, self._tls, p.Hello(self.kind, self.pod, self.node),
                                  on_state=self._on_state)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._policies: dict[str, Any] = {}
         self.ready = False
+
+    def build_config(self, state: dict[str, dict[str, Any]], version: str) -> Any:
+        raise NotImplementedError
+
+    async def serve(self) -> list[asyncio.AbstractServer]:
+        """Open the proxy's listeners once it has config and a certificate."""
+        raise NotImplementedError
+
+    def spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     # ---- control plane ------------------------------------------------------------------------
     def _url(self, path: str = "/v1/stream") -> str:
@@ -107,60 +122,11 @@ class WaypointProxy:
 
     def _on_state(self, state: dict[str, dict[str, Any]], version: str) -> None:
         old, self._policies = self._policies, dict(state.get(AUTHZ) or {})
-        self.config = WaypointConfig.build(state, version, namespace=self.namespace, name=self.gateway,
-                                           pod_name=self.pod, trust_domain=self.trust_domain)
+        self.config = self.build_config(state, version)
         for pol in self.config.authz:
             if pol.notes and self._policies.get(pol.key) != old.get(pol.key):
-                log.info("AuthorizationPolicy %s at this waypoint: %s", pol.key, "; ".join(pol.notes))
-        log.info("config version %s: %d services, %d routes, legacy=%s", version,
-                 len(self.config.services_by_host), len(self.config.routes), self.config.legacy)
-
-    # ---- inbound HBONE ----------------------------------------------------------------------
-    def _peer_principal(self, link: HboneLink) -> str | None:
-        for uri in link.peer_identities:
-            try:
-                sid = SpiffeId.parse(uri)
-            except ValueError:
-                continue
-            if sid.trust_domain == self.trust_domain:
-                return sid.uri.removeprefix("spiffe://")
-        return None
-
-    def _on_request(self, link: HboneLink, req: TunnelRequested, stream: TunnelStream) -> None:
-        t = asyncio.get_running_loop().create_task(self._tunnel(link, req, stream))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _tunnel(self, link: HboneLink, req: TunnelRequested, stream: TunnelStream) -> None:
-        cfg = self.config
-
-        def answer(status: int) -> None:
-            try:
-                link.conn.respond(req.stream_id, status)
-                link.flush()
-            except HboneError:
-                pass
-            if status != 200:
-                stream.done()
-
-        principal = self._peer_principal(link)
-        if principal is None:
-            answer(401)
-            return
-        dest = cfg.resolve(req.authority)
-        if dest is None or not cfg.serves(dest):
-            log.info("CONNECT %s from %s: not a destination this waypoint serves", req.authority, principal)
-            answer(503 if dest is None else 401)
-            return
-        ip, port = link.peer or ("", 0)
-        peer = Peer(principal, ip, port, cfg.snapshot.workloads_by_ip.get(ip))
-        answer(200)
-        try:
-            await self.engine.serve(TunnelDuplex(stream, f"{ip}:{port}"), dest, peer)
-        except Exception:
-            log.exception("request handling failed for %s", req.authority)
-            stream.abort()
-
+                log.info("AuthorizationPolicy %s at this proxy: %s", pol.key, "; ".join(pol.notes))
+        log.info("config version %s applied", version)
     # ---- upstream ----------------------------------------------------------------------------
     async def _connect_upstream(self, up: Upstream, headers: list[tuple[str, str]]) -> Duplex:
         if up.meshed and up.workload is not None:
@@ -195,13 +161,12 @@ class WaypointProxy:
         return web.Response(body=generate_latest(self.telemetry.metrics.registry),
                             content_type="text/plain", charset="utf-8")
 
+    def dump(self) -> dict[str, Any]:
+        return {"version": self.config.version, "policies": [pol.key for pol in self.config.authz],
+                "certificates": self.certs.view()}
+
     async def _config_dump(self, _: web.Request) -> web.Response:
-        cfg = self.config
-        return web.json_response({
-            "version": cfg.version, "waypoint": f"{self.namespace}/{self.gateway}", "legacy": cfg.legacy,
-            "routes": {h: [r.name for r in rs] for h, rs in cfg.routes.items()},
-            "subsets": {f"{h}/{s}": dict(v) for (h, s), v in cfg.subsets.items()},
-            "policies": [pol.key for pol in cfg.authz], "certificates": self.certs.view()})
+        return web.json_response(self.dump())
 
     async def run(self) -> None:
         runners = []
@@ -218,32 +183,101 @@ class WaypointProxy:
         self.certs.want({(self.namespace, self.service_account)})
         tasks = [asyncio.create_task(self.client.run()), asyncio.create_task(self.certs.run())]
         await self.client.synced.wait()
-        cert = await self.certs.get(self.namespace, self.service_account)
-        ctx = self.certs.server_context(cert, self.roots_pem)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: HboneLink(client=False, on_request=self._on_request),
-            host="0.0.0.0", port=HBONE_PORT, ssl=ctx, ssl_handshake_timeout=10, backlog=1024)
+        await self.certs.get(self.namespace, self.service_account)
+        servers = await self.serve()
         self.ready = True
-        log.info("waypoint %s/%s (pod %s) serving HBONE on :%d as %s", self.namespace, self.gateway,
-                 self.pod, HBONE_PORT, cert.identity.uri)
         try:
             await asyncio.gather(*tasks)
         finally:
-            server.close()
+            for server in servers:
+                server.close()
             self.engine.close()
             self.links.close()
             for r in runners:
                 await r.cleanup()
 
 
-def run(cluster: str, credential_fd: int, uid: int) -> int:
+class WaypointProxy(ProxyProcess):
+    """A waypoint: HBONE in on 15008 (its own identity), HTTP through the engine, HBONE out."""
+
+    def build_config(self, state: dict[str, dict[str, Any]], version: str) -> WaypointConfig:
+        return WaypointConfig.build(state, version, namespace=self.namespace, name=self.gateway,
+                                    pod_name=self.pod, trust_domain=self.trust_domain)
+
+    def dump(self) -> dict[str, Any]:
+        cfg = self.config
+        return {**super().dump(), "waypoint": f"{self.namespace}/{self.gateway}", "legacy": cfg.legacy,
+                "routes": {h: [r.name for r in rs] for h, rs in cfg.routes.items()},
+                "subsets": {f"{h}/{s}": dict(v) for (h, s), v in cfg.subsets.items()}}
+
+    async def serve(self) -> list[asyncio.AbstractServer]:
+        cert = await self.certs.get(self.namespace, self.service_account)
+        ctx = self.certs.server_context(cert, self.roots_pem)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: HboneLink(client=False, on_request=self._on_request),
+            host="0.0.0.0", port=HBONE_PORT, ssl=ctx, ssl_handshake_timeout=10, backlog=1024)
+        log.info("waypoint %s/%s (pod %s) serving HBONE on :%d as %s", self.namespace, self.gateway,
+                 self.pod, HBONE_PORT, cert.identity.uri)
+        return [server]
+
+    def _peer_principal(self, link: HboneLink) -> str | None:
+        for uri in link.peer_identities:
+            try:
+                sid = SpiffeId.parse(uri)
+            except ValueError:
+                continue
+            if sid.trust_domain == self.trust_domain:
+                return sid.uri.removeprefix("spiffe://")
+        return None
+
+    def _on_request(self, link: HboneLink, req: TunnelRequested, stream: TunnelStream) -> None:
+        self.spawn(self._tunnel(link, req, stream))
+
+    async def _tunnel(self, link: HboneLink, req: TunnelRequested, stream: TunnelStream) -> None:
+        cfg = self.config
+
+        def answer(status: int) -> None:
+            try:
+                link.conn.respond(req.stream_id, status)
+                link.flush()
+            except HboneError:
+                pass
+            if status != 200:
+                stream.done()
+
+        principal = self._peer_principal(link)
+        if principal is None:
+            answer(401)
+            return
+        dest = cfg.resolve(req.authority)
+        if dest is None or not cfg.serves(dest):
+            log.info("CONNECT %s from %s: not a destination this waypoint serves", req.authority, principal)
+            answer(503 if dest is None else 401)
+            return
+        ip, port = link.peer or ("", 0)
+        peer = Peer(principal, ip, port, cfg.snapshot.workloads_by_ip.get(ip))
+        answer(200)
+        try:
+            await self.engine.serve(TunnelDuplex(stream, f"{ip}:{port}"), dest, peer)
+        except Exception:
+            log.exception("request handling failed for %s", req.authority)
+            stream.abort()
+
+
+
+def read_credential_and_drop(credential_fd: int, uid: int) -> tuple[dict[str, Any], Path]:
+    """Read the bootstrap credential the runner piped in, then become the pod's own uid."""
     with os.fdopen(credential_fd, "rb") as f:
         cred = json.loads(f.read())
     import encodings.idna  # noqa: F401  (codecs looked up lazily must be loaded before the drop)
     directory = Path(os.environ["ZEROMESH_PROXY_DIR"])
     drop_privileges(uid)
     (directory / "certs").mkdir(mode=0o700, exist_ok=True)
+    return cred, directory
+
+
+def run(cluster: str, credential_fd: int, uid: int) -> int:
+    cred, directory = read_credential_and_drop(credential_fd, uid)
     log.info("waypoint process for cluster %s running as uid %d", cluster, os.getuid())
     proxy = WaypointProxy(cred, directory)
     try:
