@@ -34,6 +34,8 @@ MESH_CONTROLLER = "istio.io-mesh-controller"
 HBONE_PORT = 15008
 
 GATEWAYS = "gateways.gateway.networking.k8s.io"
+SECRETS = "secrets"
+TLS_SECRET = "kubernetes.io/tls"
 # Configuration kinds passed to proxies as they are (keyed "namespace/name").
 CONFIG_RESOURCES = (
     "authorizationpolicies.security.istio.io",
@@ -50,6 +52,8 @@ CONFIG_RESOURCES = (
     "tlsroutes.gateway.networking.k8s.io",
     GATEWAYS,
     "localratelimits.zeromesh.io",
+    "referencegrants.gateway.networking.k8s.io",
+    SECRETS,
 )
 INPUT_RESOURCES = ("namespaces", "pods", "services", "endpoints", *CONFIG_RESOURCES)
 
@@ -241,6 +245,10 @@ class MeshModel:
             self._recompute_service(key, out)
         elif resource in CONFIG_RESOURCES:
             ckey = f"{key[0]}/{key[1]}"
+            if resource == SECRETS and obj.get("type") != TLS_SECRET:
+                deleted = True          # only TLS certificates ever reach a proxy (the gateway)
+                if ckey not in self.config[resource]:
+                    return out
             if deleted:
                 self.config[resource].pop(ckey, None)
             else:

@@ -2,7 +2,7 @@
 
 Messages are compact JSON objects on one WebSocket stream:
 
-    proxy -> cp   {"type": "hello", "kind": "nodeagent"|"waypoint", "name": ..., "node": ...}
+    proxy -> cp   {"type": "hello", "kind": "nodeagent"|"waypoint"|"gateway", "name": ..., "node": ...}
     cp -> proxy   {"type": "update", "nonce": N, "version": "V", "full": bool,
                    "resources": {TYPE: {KEY: record | null}}}
     proxy -> cp   {"type": "ack", "nonce": N, "version": "V"}
@@ -23,7 +23,10 @@ from zeromesh.errors import ZeromeshError
 
 NODE_AGENT = "nodeagent"
 WAYPOINT = "waypoint"
-PROXY_KINDS = (NODE_AGENT, WAYPOINT)
+GATEWAY = "gateway"
+PROXY_KINDS = (NODE_AGENT, WAYPOINT, GATEWAY)
+# Only the ingress gateway terminates TLS with certificates from Secrets: nobody else gets them.
+GATEWAY_ONLY_TYPES = frozenset({"secrets"})
 
 # What each kind of proxy receives: the node agent (ztunnel) works at L4 and never
 # needs L7 routes; a waypoint needs everything.
@@ -39,7 +42,9 @@ class ProtocolError(ZeromeshError):
 
 
 def relevant(kind: str, type_: str) -> bool:
-    return kind == WAYPOINT or type_ in NODE_AGENT_TYPES
+    if type_ in GATEWAY_ONLY_TYPES:
+        return kind == GATEWAY
+    return kind in (WAYPOINT, GATEWAY) or type_ in NODE_AGENT_TYPES
 
 
 @dataclass(frozen=True, slots=True)

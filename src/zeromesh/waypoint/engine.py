@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import random
 import secrets
@@ -206,6 +207,22 @@ class UpstreamPool:
         self.idle.clear()
 
 
+def client_address(peer_ip: str, xff: str | None, trusted_hops: int) -> str:
+    """Envoy's rule: with N trusted hops the client is the Nth address from the right of
+    X-Forwarded-For; with none (or too short a header) it is the connection's peer."""
+    if trusted_hops <= 0 or not xff:
+        return peer_ip
+    hops = [h.strip() for h in xff.split(",") if h.strip()]
+    if len(hops) < trusted_hops:
+        return peer_ip
+    candidate = hops[-trusted_hops]
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return peer_ip
+    return candidate
+
+
 def looks_http1(data: bytes) -> bool:
     """An HTTP/1.x request starts with a method token and a space."""
     head = data[:16]
@@ -243,6 +260,9 @@ class HttpEngine:
         self.jwks = jwks
         self.idle_timeout = IDLE_TIMEOUT
         self.request_timeout = REQUEST_TIMEOUT
+        # The ingress gateway routes by Host: it swaps the connection's listener for the
+        # destination that host names on it, per request.
+        self.route_dest: Callable[[Any, Destination, str], Destination] | None = None
         self.upstreams = UpstreamPool(connect)
         from zeromesh.waypoint import http2  # http2 imports this module: import it here
         self.h2 = http2.H2Upstreams(connect)
@@ -355,6 +375,10 @@ class HttpEngine:
         hmap = _single(headers)
         host = hmap.get("host") or f"{dest.ip}:{dest.port}"
 
+        if self.route_dest is not None:
+            dest = self.route_dest(cfg, dest, host)
+        remote = client_address(peer.ip, hmap.get("x-forwarded-for"), getattr(cfg, "trusted_hops", 0))
+
         def local(status: int, body: str, flags: str, reason: str, extra: Headers | None = None) -> Reply:
             rec.status, rec.flags, rec.reason = status, flags, reason
             return Reply(status, [("content-type", "text/plain"), *(extra or [])], body.encode())
@@ -382,7 +406,7 @@ class HttpEngine:
                 path = result.path
         decision = evaluate(cfg.policy_set(dest), Request(
             peer.principal, peer.ip, dest.ip, dest.port, method=req.method, path=path,
-            host=host.lower(), headers=hmap, request_principal=principal, claims=claims))
+            host=host.lower(), headers=hmap, request_principal=principal, claims=claims, remote_ip=remote))
         if not decision.allowed:
             return local(403, "RBAC: access denied", "RBAC", decision.reason)
 
@@ -523,6 +547,7 @@ class HttpEngine:
                 up = by_key[key]
                 rec.upstream = up.key
                 rec.destination = up.workload
+                rec.service = up.service or rec.service
                 rec.dst_identity = up.workload.identity.uri if up.meshed and up.workload else ""
                 cluster.active[key] = cluster.active.get(key, 0) + 1
                 try:

@@ -97,3 +97,21 @@ def test_proxy_status_tracks_acks_and_nacks() -> None:
     st_.sent(3, "12")
     st_.answered(p.Ack(3, "12"))
     assert st_.in_sync() and st_.last_nack == ""
+
+
+def test_tls_secrets_reach_only_the_ingress_gateway() -> None:
+    assert p.relevant(p.GATEWAY, "secrets")
+    assert not p.relevant(p.WAYPOINT, "secrets")
+    assert not p.relevant(p.NODE_AGENT, "secrets")
+    assert p.relevant(p.GATEWAY, "virtualservices.networking.istio.io")
+
+
+def test_only_tls_secrets_enter_the_model() -> None:
+    from zeromesh.controlplane.model import MeshModel
+    m = MeshModel()
+    tls = {"metadata": {"name": "cert", "namespace": "istio-system"}, "type": "kubernetes.io/tls",
+           "data": {"tls.crt": "eA==", "tls.key": "eA=="}}
+    opaque = {"metadata": {"name": "pw", "namespace": "istio-system"}, "type": "Opaque",
+              "data": {"password": "eA=="}}
+    m.load([("secrets", tls), ("secrets", opaque)])
+    assert list(m.snapshot()["secrets"]) == ["istio-system/cert"]

@@ -99,3 +99,17 @@ def test_header_operations_on_multi_valued_headers(ops: HeaderOps, before: list[
 ])
 def test_protocol_detection(first: bytes, http: bool) -> None:
     assert looks_http1(first) is http
+
+
+@pytest.mark.parametrize(("xff", "hops", "client"), [
+    (None, 1, "10.0.0.9"),
+    ("203.0.113.7", 0, "10.0.0.9"),                       # no trusted hops: XFF is ignored
+    ("203.0.113.7", 1, "203.0.113.7"),
+    ("192.0.2.10, 198.51.100.1", 1, "198.51.100.1"),      # Envoy's documented example
+    ("192.0.2.10, 198.51.100.1", 2, "192.0.2.10"),
+    ("192.0.2.10", 2, "10.0.0.9"),                        # shorter than the trusted hops
+    ("not-an-ip", 1, "10.0.0.9"),
+])
+def test_client_address_from_x_forwarded_for(xff: str | None, hops: int, client: str) -> None:
+    from zeromesh.waypoint.engine import client_address
+    assert client_address("10.0.0.9", xff, hops) == client
