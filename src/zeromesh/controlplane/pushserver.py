@@ -199,7 +199,8 @@ class PushServer:
         ident = caller.identity
         if hello.kind == p.NODE_AGENT and not (isinstance(ident, NodeId) and ident.node == hello.node):
             raise PermissionError(f"{caller.uri} may not speak for node agent {hello.node!r}")
-        if hello.kind in (p.WAYPOINT, p.GATEWAY) and not (isinstance(ident, PodId) and ident.pod == hello.name):
+        pod_ok = isinstance(ident, PodId) and ident.pod == hello.name
+        if hello.kind in (p.WAYPOINT, p.GATEWAY) and not pod_ok:
             raise PermissionError(f"{caller.uri} may not speak for {hello.kind} pod {hello.name!r}")
 
     def proxies(self) -> list[dict[str, Any]]:
