@@ -42,7 +42,9 @@ PROXY_UID_BASE = 1_000_000     # mesh proxies: one uid per pod, far from any rea
 XDS_NODE_PORT = 15012          # the control plane's mTLS endpoint on every node's gateway address
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # Images that are zeromesh's own components, run from this installation (not the image table).
-COMPONENT_IMAGES = {"zeromesh/waypoint": "waypoint-proxy"}
+COMPONENT_IMAGES = {"zeromesh/waypoint": ["-m", "zeromesh", "--cluster", "{cluster}", "waypoint-proxy"],
+                    "zeromesh/ingressgateway": ["-m", "zeromesh.gateway.process", "--cluster", "{cluster}"]}
+INGRESS_IMAGE = "zeromesh/ingressgateway"
 
 
 def proxy_uid(pod_ip: str) -> int:
@@ -163,14 +165,31 @@ class Container:
                "TRUST_DOMAIN": pod.runner.cfg.trust_domain,
                "ZEROMESH_XDS": f"{pod.runner.plan.node_gateway(pod.runner.node)}:{XDS_NODE_PORT}",
                "GATEWAY_NAME": o.labels(pod.obj).get(GATEWAY_NAME_LABEL, pod.name)}
+        argv = [a.replace("{cluster}", pod.runner.cfg.name) for a in argv]
+        # The ingress gateway accepts on the host's loopback itself (the local LoadBalancer
+        # address), so it sees every client's real address: the runner opens those sockets.
+        listeners: list[socket.socket] = []
+        if images.image_key(self.spec.get("image", "")) == INGRESS_IMAGE:
+            for gw_port, host_port in sorted((getattr(pod.runner.cfg, "ingress_ports", None) or {}).items()):
+                ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    ls.bind(("127.0.0.1", int(host_port)))
+                    ls.listen(1024)
+                except OSError as e:
+                    ls.close()
+                    log.error("ingress gateway: cannot listen on 127.0.0.1:%s: %s", host_port, e)
+                    continue
+                listeners.append(ls)
+                argv += ["--listen", f"{gw_port}={ls.fileno()}"]
         r, w = os.pipe()
         try:
             with open(logfile, "ab", buffering=0) as out:
                 self.proc = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", pod.netns, sys.executable, "-m", "zeromesh",
-                    "--cluster", pod.runner.cfg.name, *argv, "--credential-fd", str(r), "--uid", str(uid),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env, pass_fds=(r,),
-                    cwd="/", start_new_session=True)
+                    "ip", "netns", "exec", pod.netns, sys.executable, *argv,
+                    "--credential-fd", str(r), "--uid", str(uid),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                    pass_fds=(r, *(ls.fileno() for ls in listeners)), cwd="/", start_new_session=True)
             os.close(r)
             r = -1
             with os.fdopen(w, "wb") as f:
@@ -180,6 +199,8 @@ class Container:
             for fd in (r, w):
                 if fd >= 0:
                     os.close(fd)
+            for ls in listeners:       # the gateway holds its own copies now
+                ls.close()
 
     async def stop(self, grace: float = 3.0) -> None:
         self.stopping = True
@@ -397,7 +418,7 @@ class Runner:
                     ) -> tuple[list[str], dict[str, str]] | images.ImageMissing:
         component = COMPONENT_IMAGES.get(images.image_key(spec.get("image", "")))
         if component is not None:
-            return [component], {}
+            return list(component), {}
         return images.resolve_command(spec, self.table, self.paths.samples, self.cfg.python)
 
     def services_of(self, pod: dict[str, Any]) -> list[str]:
