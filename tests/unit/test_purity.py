@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 
 PURE_PACKAGES = ("zeromesh.api", "zeromesh.identity", "zeromesh.hbone", "zeromesh.policy",
-                 "zeromesh.routing", "zeromesh.authn")
+                 "zeromesh.routing", "zeromesh.authn", "zeromesh.gateway")
 FORBIDDEN = frozenset({"asyncio", "socket", "subprocess"})
-ALLOWED_INTERNAL = (*PURE_PACKAGES, "zeromesh.errors")
+# A process entry point that lives beside its package's pure core (the gateway pod's process).
+IO_MODULES = frozenset({"zeromesh.gateway.process"})
+# Pure modules inside packages that also hold IO (the gateway reuses the waypoint's values).
+PURE_MODULES = ("zeromesh.ztunnel.config", "zeromesh.waypoint.config")
+ALLOWED_INTERNAL = (*PURE_PACKAGES, *PURE_MODULES, "zeromesh.errors")
 
 
 def _modules(package: str) -> list[str]:
@@ -41,7 +45,7 @@ def _imports(module: str) -> set[str]:
     return found
 
 
-MODULES = [m for p in PURE_PACKAGES for m in _modules(p)]
+MODULES = [*(m for p in PURE_PACKAGES for m in _modules(p) if m not in IO_MODULES), *PURE_MODULES]
 
 
 def test_every_pure_module_is_found() -> None:
@@ -57,6 +61,6 @@ def test_no_io_imports(module: str) -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_only_pure_internal_imports(module: str) -> None:
     internal = {name for name in _imports(module) if name.split(".")[0] == "zeromesh"}
-    bad = {name for name in internal
-           if not any(name == a or name.startswith(a + ".") for a in ALLOWED_INTERNAL)}
+    bad = {name for name in internal if name in IO_MODULES
+           or not any(name == a or name.startswith(a + ".") for a in ALLOWED_INTERNAL)}
     assert not bad, f"{module} imports {sorted(bad)}, which may do IO"
