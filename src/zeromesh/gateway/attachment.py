@@ -288,8 +288,7 @@ class _Context:
         self.state = state
         self.ns_labels = ns_labels
         self.ports = ports
-        self.services = {f"{s.get('namespace')}/{s.get('name')}"
-                         for s in (state.get("service") or {}).values() if s}
+        self.services = {_record_key(s) for s in (state.get("service") or {}).values() if s}
 
     # ---- Gateways and listeners --------------------------------------------------------
     def gateway(self, obj: Mapping[str, Any]) -> ApiGateway:
@@ -523,6 +522,13 @@ class _Context:
         if ref.get("port"):
             placeholder["port"] = ref["port"]
         return placeholder
+
+
+def _record_key(rec: Any) -> str:
+    """"namespace/name" of a service record: a pushed dict, or the control plane's model record."""
+    if isinstance(rec, Mapping):
+        return f"{rec.get('namespace')}/{rec.get('name')}"
+    return f"{getattr(rec, 'namespace', '')}/{getattr(rec, 'name', '')}"
 
 
 def _replace_accepted(lst: ApiListener, accepted: Condition) -> ApiListener:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -652,3 +653,13 @@ def test_a_fully_valid_gateway_is_accepted_and_programmed() -> None:
     assert [(c["type"], c["status"], c["reason"]) for c in status["conditions"]] == [
         ("Accepted", "True", "Accepted"), ("Programmed", "True", "Programmed")]
     assert "addresses" not in status
+
+
+def test_status_reads_the_control_plane_model_records_too() -> None:
+    """The control plane's model keeps services as records with attributes, not dicts."""
+    state = state_with(http_route("plain", """
+  - backendRefs: [{name: infra-backend-v1, port: 8080}]"""))
+    state["service"] = {k: SimpleNamespace(namespace=v["namespace"], name=v["name"])
+                        for k, v in state["service"].items()}
+    (p,) = route_statuses(state)[f"{INFRA}/plain"]
+    assert cond(p, "ResolvedRefs") == ("True", "ResolvedRefs")
