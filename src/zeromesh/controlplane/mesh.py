@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import logging
 import socket
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from zeromesh.controlplane.model import GATEWAYS, INPUT_RESOURCES, MeshModel, Pr
 from zeromesh.controlplane.pushserver import PushServer, server_tls
 from zeromesh.controlplane.store import SqliteStore
 from zeromesh.errors import NetnsError
+from zeromesh.gateway.status import CONTROLLER_NAME, gateway_statuses, route_statuses
 from zeromesh.identity.ca import CertificateAuthority
 from zeromesh.identity.certs import generate_key, load_chain, pem, refresh_at
 from zeromesh.identity.files import write_credential
@@ -38,6 +40,9 @@ NODE_CREDENTIAL_TTL = dt.timedelta(days=30)
 SERVER_NAME = "istiod.istio-system.svc"
 WAYPOINT_CONDITION = "istio.io/WaypointBound"
 AUTHZ = "authorizationpolicies.security.istio.io"
+HTTPROUTES = "httproutes.gateway.networking.k8s.io"
+GATEWAY_STATUS_INPUTS = frozenset({HTTPROUTES, GATEWAYS, "services", "namespaces", "secrets",
+                                   "referencegrants.gateway.networking.k8s.io"})
 
 
 class MeshService:
@@ -53,6 +58,7 @@ class MeshService:
         self.push = PushServer(self.model, self.ca, self.version, self._pods_on_node, self._pod)
         self._runners: list[web.AppRunner] = []
         self._loaded = False
+        self._gw_status_pending = False
 
     def version(self) -> str:
         return str(self.store.revision())
@@ -71,6 +77,9 @@ class MeshService:
             return
         if resource == AUTHZ and type_ != "DELETED":
             asyncio.get_running_loop().call_soon(self._policy_status, obj)
+        if resource in GATEWAY_STATUS_INPUTS and not self._gw_status_pending:
+            self._gw_status_pending = True      # coalesce a burst of changes into one pass
+            asyncio.get_running_loop().call_later(0.05, self._gateway_api_status)
         changes = self.model.update(resource, obj, deleted=type_ == "DELETED")
         problems = changes.records.pop("problem", {})
         self.push.changed(changes.records)
@@ -97,6 +106,50 @@ class MeshService:
             self.store.put(AUTHZ, live)
         if message:
             log.info("AuthorizationPolicy %s/%s: %s", md["namespace"], md["name"], message)
+
+    def _gateway_api_status(self) -> None:
+        """Gateway API status for the ingress gateway's Gateways (class istio) and the HTTPRoutes
+        attached to them, as istiod writes it: why a route does or does not attach."""
+        self._gw_status_pending = False
+        try:
+            state = self.model.snapshot()
+            labels = {n: dict(ns.get("metadata", {}).get("labels") or {})
+                      for n, ns in self.model.namespaces.items()}
+            for key, parents in route_statuses(state, namespaces=labels).items():
+                ns, name = key.split("/", 1)
+                obj = self.store.get(HTTPROUTES, ns, name)
+                if obj is None:
+                    continue
+                status = obj.setdefault("status", {})
+                merged = [_merge_parent(p, status.get("parents") or []) for p in parents]
+                ours = {json.dumps(p["parentRef"], sort_keys=True) for p in parents}
+                others = [p for p in status.get("parents") or []
+                          if p.get("controllerName") != CONTROLLER_NAME
+                          and json.dumps(p.get("parentRef"), sort_keys=True) not in ours]
+                if merged + others != (status.get("parents") or []):
+                    status["parents"] = merged + others
+                    self.store.put(HTTPROUTES, obj)
+            for key, frag in gateway_statuses(state, namespaces=labels, address="127.0.0.1").items():
+                ns, name = key.split("/", 1)
+                obj = self.store.get(GATEWAYS, ns, name)
+                if obj is None:
+                    continue
+                status = obj.setdefault("status", {})
+                new = dict(status)
+                new["conditions"] = _merge_conditions(frag.get("conditions") or [],
+                                                      status.get("conditions") or [])
+                old_listeners = {li.get("name"): li.get("conditions") or []
+                                 for li in status.get("listeners") or []}
+                new["listeners"] = [{**li, "conditions": _merge_conditions(
+                    li.get("conditions") or [], old_listeners.get(li.get("name"), []))}
+                    for li in frag.get("listeners") or []]
+                if "addresses" in frag:
+                    new["addresses"] = frag["addresses"]
+                if new != status:
+                    obj["status"] = new
+                    self.store.put(GATEWAYS, obj)
+        except Exception:
+            log.exception("could not write Gateway API status")
 
     def _write_problems(self, problems: dict[str, Problem | None]) -> None:
         for key, prob in problems.items():
@@ -191,6 +244,7 @@ class MeshService:
             self._write_problems(problems)
         for ap in self.store.list(AUTHZ):
             self._policy_status(ap)
+        self._gateway_api_status()
         tls = server_tls(str(self.paths.tls / "server-chain.pem"), str(self.paths.tls / "server-key.pem"),
                          str(self.paths.root_cert))
         app = self.push.app()
@@ -245,3 +299,22 @@ class MeshService:
         if type_ == "problems":
             return {"/".join(k): to_wire(v) for k, v in self.model.problems.items()}
         return {k: to_wire(v) for k, v in snap.get(type_, {}).items()}
+
+
+def _merge_conditions(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New conditions, keeping each one's lastTransitionTime when nothing about it changed."""
+    before = {c.get("type"): c for c in old}
+    out = []
+    for c in new:
+        prev = before.get(c.get("type"))
+        same = prev is not None and all(prev.get(k) == c.get(k) for k in
+                                        ("status", "reason", "message", "observedGeneration"))
+        out.append({**c, "lastTransitionTime": prev.get("lastTransitionTime") if same and prev
+                    else o.now()})
+    return out
+
+
+def _merge_parent(new: dict[str, Any], old_parents: list[dict[str, Any]]) -> dict[str, Any]:
+    ref = json.dumps(new["parentRef"], sort_keys=True)
+    prev = next((p for p in old_parents if json.dumps(p.get("parentRef"), sort_keys=True) == ref), {})
+    return {**new, "conditions": _merge_conditions(new["conditions"], prev.get("conditions") or [])}

@@ -191,6 +191,7 @@ class MeshModel:
         self.trust_domain = trust_domain
         self.zone = zone
         self.namespaces: dict[str, Obj] = {}
+        self.namespace_labels: dict[str, dict[str, Any]] = {}   # pushed to the gateway (allowedRoutes)
         self.pods: dict[tuple[str, str], Obj] = {}
         self.services_raw: dict[tuple[str, str], Obj] = {}
         self.endpoints_raw: dict[tuple[str, str], Obj] = {}
@@ -215,10 +216,18 @@ class MeshModel:
         key = (md.get("namespace", ""), md.get("name", ""))
         out = Changes()
         if resource == "namespaces":
+            before = _labels(self.namespaces.get(md["name"], {}))
             if deleted:
                 self.namespaces.pop(md["name"], None)
             else:
                 self.namespaces[md["name"]] = obj
+            if deleted or _labels(obj) != before or md["name"] not in self.namespace_labels:
+                labels = None if deleted else {"labels": _labels(obj)}
+                if labels is None:
+                    self.namespace_labels.pop(md["name"], None)
+                else:
+                    self.namespace_labels[md["name"]] = labels
+                out.put("namespace", md["name"], labels)
             self._recompute_namespace(md["name"], out)
         elif resource == "pods":
             old = self.pods.pop(key, None)
@@ -480,7 +489,7 @@ class MeshModel:
         """Every derived record, as a full state for a (re)connecting proxy."""
         snap: dict[str, dict[str, Any]] = {
             "workload": dict(self.workloads), "service": dict(self.services),
-            "waypoint": dict(self.waypoints)}
+            "waypoint": dict(self.waypoints), "namespace": dict(self.namespace_labels)}
         for r in CONFIG_RESOURCES:
             snap[r] = dict(self.config[r])
         return snap

@@ -50,7 +50,9 @@ class IngressProxy(ProxyProcess):
         return GatewayConfig.build(state, version, namespace=self.namespace, pod_name=self.pod,
                                    pod_labels=labels, service_account=self.service_account,
                                    trust_domain=self.trust_domain,
-                                   trusted_hops=int(os.environ.get("TRUSTED_HOPS") or 0))
+                                   trusted_hops=int(os.environ.get("TRUSTED_HOPS") or 0),
+                                   namespaces={n: dict((rec or {}).get("labels") or {})
+                                               for n, rec in (state.get("namespace") or {}).items()})
 
     # ---- TLS: the certificate the Gateway names for the client's SNI ----------------------------
     def _context_for(self, cert_pem: str, key_pem: str) -> ssl.SSLContext:

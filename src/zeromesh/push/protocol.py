@@ -26,7 +26,7 @@ WAYPOINT = "waypoint"
 GATEWAY = "gateway"
 PROXY_KINDS = (NODE_AGENT, WAYPOINT, GATEWAY)
 # Only the ingress gateway terminates TLS with certificates from Secrets: nobody else gets them.
-GATEWAY_ONLY_TYPES = frozenset({"secrets"})
+GATEWAY_ONLY_TYPES = frozenset({"secrets", "namespace"})
 
 # What each kind of proxy receives: the node agent (ztunnel) works at L4 and never
 # needs L7 routes; a waypoint needs everything.

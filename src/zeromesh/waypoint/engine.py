@@ -377,6 +377,8 @@ class HttpEngine:
 
         if self.route_dest is not None:
             dest = self.route_dest(cfg, dest, host)
+        ports = getattr(cfg, "ports", None)
+        scheme = "https" if ports is not None and ports().get(dest.port) == "HTTPS" else "http"
         remote = client_address(peer.ip, hmap.get("x-forwarded-for"), getattr(cfg, "trusted_hops", 0))
 
         def local(status: int, body: str, flags: str, reason: str, extra: Headers | None = None) -> Reply:
@@ -428,7 +430,7 @@ class HttpEngine:
             return local(limited.status, limited.body, limited.flags, "local rate limit",
                          list(limited.headers))
         if action.redirect is not None:
-            location = redirect_location(action.redirect, match, hreq)
+            location = redirect_location(action.redirect, match, hreq, scheme=scheme)
             return local(action.redirect.status, "", "-", "redirect", [("location", location)])
         delay, abort = fault_decision(action.fault, self.rng)
         if delay:
@@ -444,7 +446,7 @@ class HttpEngine:
         if "x-request-id" not in hmap:
             out_headers.append(("x-request-id", rec.request_id))
         if "x-forwarded-proto" not in hmap:
-            out_headers.append(("x-forwarded-proto", "http"))
+            out_headers.append(("x-forwarded-proto", scheme))
 
         backend = pick_backend(action.backends, self.rng)
         if backend is None:
@@ -474,12 +476,15 @@ class HttpEngine:
         """zeromesh.io LocalRateLimit: one token bucket per (policy, target) in this waypoint."""
         if not cfg.rate_limits:
             return None
-        targets = [(GATEWAY_GROUP, "Gateway", cfg.name, cfg.namespace)]
-        if dest.service is not None:
-            targets.append(("", "Service", dest.service.name, dest.service.namespace))
-        parts = route.split("/")
-        if len(parts) >= 3:
-            targets.append((GATEWAY_GROUP, "HTTPRoute", parts[1], parts[0]))
+        if hasattr(cfg, "rate_limit_targets"):          # the ingress gateway knows its own
+            targets = list(cfg.rate_limit_targets(dest, route))
+        else:
+            targets = [(GATEWAY_GROUP, "Gateway", cfg.name, cfg.namespace)]
+            if dest.service is not None:
+                targets.append(("", "Service", dest.service.name, dest.service.namespace))
+            parts = route.split("/")
+            if len(parts) >= 3:
+                targets.append((GATEWAY_GROUP, "HTTPRoute", parts[1], parts[0]))
         now = time.monotonic()
         for rl in cfg.rate_limits:
             for t in targets:
