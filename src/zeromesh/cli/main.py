@@ -37,18 +37,43 @@ def cmd_up(args: argparse.Namespace) -> int:
     table = args.image_table or os.environ.get("ZEROMESH_IMAGE_TABLE")
     cfg = cluster.up(name, args.nodes, table, lambda m: print(f"  {m} ...", flush=True),
                      timeout=args.timeout, ca_dir=args.ca_dir,
-                     workload_cert_ttl=args.workload_cert_ttl)
+                     workload_cert_ttl=args.workload_cert_ttl,
+                     ingress=False if args.no_ingress else None)
     flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
     print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
     for node, ports in sorted(cfg.node_ports.items()):
         print(f"  {node} node agent: metrics http://127.0.0.1:{ports['metrics']}/metrics, "
               f"admin http://127.0.0.1:{ports['admin']}/config_dump")
+    if cfg.ingress and cfg.ingress_ports:
+        print(f"  {ingress_line(cfg.ingress_ports)}")
     print(f"""
 Try:
   zeromesh{flag} apply -f examples/
   zeromesh{flag} get pods -A -o wide
   zeromesh{flag} exec -n sample-client deploy/curl -- curl -s http://echo.sample-server
   zeromesh{flag} down""")
+    return 0
+
+
+def ingress_line(ports: dict[str, int]) -> str:
+    """Where the ingress gateway's listeners are reachable from the host, as `up` prints it."""
+    urls = [f"{scheme}://127.0.0.1:{ports[port]} ({port})"
+            for scheme, port in (("http", "80"), ("https", "443")) if port in ports]
+    return "ingress gateway: " + ", ".join(urls)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """`zeromesh install --ingress`: add the ingress gateway to a cluster started without it."""
+    from zeromesh.controlplane import ingress
+    from zeromesh.local import cluster
+    if not args.ingress:
+        _err("nothing to install: give --ingress")
+        return 2
+    cfg, fresh = cluster.install_ingress(_cluster(args))
+    what = "installed" if fresh else "already installed"
+    print(f"ingress gateway {what}: deployment/{ingress.NAME} and service/{ingress.NAME} "
+          f"in {ingress.NAMESPACE}")
+    print(f"  {ingress_line(cfg.ingress_ports)}")
     return 0
 
 
@@ -141,15 +166,52 @@ def _kind_and_names(kind: str, names: list[str]) -> tuple[list[Any], list[str]]:
 
 
 # ---- get -----------------------------------------------------------------
+# `get gateway`, `gateways` and `gw` name both kinds: they are shown in one table (tables.py).
+BOTH_GATEWAYS = frozenset({"gateways.networking.istio.io", "gateways.gateway.networking.k8s.io"})
+
+
+def _fetch(client: Any, info: Any, ns: str | None, names: list[str],
+           missing_ok: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """Objects of one kind (all, or by name) and the names not found (reported unless `missing_ok`)."""
+    if not names:
+        return client.get(info.resource, ns)["items"], []
+    items: list[dict[str, Any]] = []
+    missing = []
+    for n in names:
+        try:
+            items += client.get(info.resource, ns or "", n)["items"]
+        except ZeromeshError as e:
+            if getattr(e, "status", 0) != 404:
+                raise
+            missing.append(n)
+            if not missing_ok:
+                _err(f'{info.plural}{"." + info.group if info.group else ""} "{n}" not found')
+    return items, missing
+
+
+def _ingress_service(client: Any) -> dict[str, Any] | None:
+    from zeromesh.controlplane import ingress
+    try:
+        items: list[dict[str, Any]] = client.get("services", ingress.NAMESPACE, ingress.NAME)["items"]
+        return items[0] if items else None
+    except ZeromeshError as e:
+        if getattr(e, "status", 0) == 404:
+            return None
+        raise
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    from zeromesh.cli.tables import render_table
+    from zeromesh.cli.tables import render_gateways, render_table
     client = _client(args)
     kinds = args.kind.split(",")
     out_items: list[dict[str, Any]] = []
-    printed = False
+    tables: list[str] = []
     rc = 0
     for k in kinds:
         infos, names = _kind_and_names(k, list(args.names))
+        combined = {i.resource for i in infos} == BOTH_GATEWAYS and len(infos) == 2
+        found: list[dict[str, Any]] = []
+        missing_everywhere = set(names)
         for info in infos:
             ns: str | None
             if not info.namespaced:
@@ -158,32 +220,32 @@ def cmd_get(args: argparse.Namespace) -> int:
                 ns = None
             else:
                 ns = args.namespace or "default"
-            items: list[dict[str, Any]] = []
-            if names:
-                for n in names:
-                    try:
-                        items += client.get(info.resource, ns or "", n)["items"]
-                    except ZeromeshError as e:
-                        if getattr(e, "status", 0) == 404:
-                            _err(f'{info.plural}{"." + info.group if info.group else ""} "{n}" not found')
-                            rc = 1
-                        else:
-                            raise
-            else:
-                items = client.get(info.resource, ns)["items"]
+            items, missing = _fetch(client, info, ns, names, missing_ok=combined)
+            missing_everywhere &= set(missing)
+            if not combined:
+                rc = 1 if missing else rc
             if args.selector:
                 items = [i for i in items if _selector_ok(args.selector, i)]
             if args.output in ("yaml", "json", "name"):
                 out_items += items
-                continue
-            table = render_table(info.resource, items, wide=args.output == "wide",
-                                 all_namespaces=bool(args.all_namespaces and info.namespaced),
-                                 show_labels=args.show_labels)
-            if table:
-                if printed:
-                    print()
-                print(table)
-                printed = True
+            elif combined:
+                found += items
+            else:
+                tables.append(render_table(info.resource, items, wide=args.output == "wide",
+                                           all_namespaces=bool(args.all_namespaces and info.namespaced),
+                                           show_labels=args.show_labels))
+        if combined:
+            for n in sorted(missing_everywhere):
+                _err(f'gateways "{n}" not found')
+                rc = 1
+            if found:
+                tables.append(render_gateways(found, _ingress_service(client),
+                                              wide=args.output == "wide",
+                                              all_namespaces=bool(args.all_namespaces),
+                                              show_labels=args.show_labels))
+    tables = [t for t in tables if t]
+    if tables:
+        print("\n\n".join(tables))
     if args.output == "name":
         for i in out_items:
             print(f"{i.get('kind', '').lower()}/{i['metadata']['name']}")
@@ -194,7 +256,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             print(json.dumps(doc, indent=2))
         else:
             print(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False), end="")
-    elif not printed and rc == 0:
+    elif not tables and rc == 0:
         where = "" if args.all_namespaces else f" in {args.namespace or 'default'} namespace"
         print(f"No resources found{where}.", file=sys.stderr)
     return rc
@@ -532,8 +594,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plug-in CA: ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem")
     s.add_argument("--workload-cert-ttl", type=int, default=None, metavar="SECONDS",
                    help="lifetime of workload certificates (default: the CA's, 24 h)")
+    s.add_argument("--no-ingress", action="store_true",
+                   help="do not run the ingress gateway (add it later with `install --ingress`)")
     s.add_argument("--timeout", type=float, default=60.0)
     s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("install", parents=[common], help="add components to a running cluster")
+    s.add_argument("--ingress", action="store_true",
+                   help="the ingress gateway (istio-system/istio-ingressgateway) on host loopback ports")
+    s.set_defaults(func=cmd_install)
 
     s = sub.add_parser("down", parents=[common], help="stop a local cluster and remove it")
     s.add_argument("--keep-state", action="store_true", help="keep applied resources for the next up")

@@ -18,6 +18,16 @@ Deliberate choices, where kubectl's behaviour could not be copied verbatim:
   default); missing status counters mean 0.
 * Nodes, wide: INTERNAL-IP and POD-CIDR (zeromesh's own; kubectl shows OS details).
 * Gateway API gateways: PROGRAMMED is "Unknown" until the condition exists.
+* `get gateway` (also `gateways`, `gw`) names Istio's and the Gateway API's kind;
+  kubectl would pick one. Both are listed in one table (`render_gateways`):
+  NAME, CLASS, ADDRESS, PROGRAMMED, AGE. CLASS is the Gateway API class, and
+  `networking.istio.io` for Istio Gateways (they have no class; the group is
+  what tells the two kinds apart, also for two gateways of the same name).
+  ADDRESS is where traffic for the gateway arrives: `127.0.0.1:PORT` on the
+  host for the ones the ingress gateway serves (Istio Gateways selecting
+  `istio: ingressgateway`, or without a selector; class `istio`), taken from
+  the first of their server/listener ports the ingress Service publishes;
+  otherwise the Gateway's first status address (a waypoint's ClusterIP).
 * Events are sorted by their LAST SEEN time, oldest first.
 """
 
@@ -31,7 +41,7 @@ from typing import Any, NamedTuple
 
 Obj = Mapping[str, Any]
 
-__all__ = ["COLUMN_SETS", "Column", "TableSpec", "age", "render_table"]
+__all__ = ["COLUMN_SETS", "Column", "TableSpec", "age", "render_gateways", "render_table"]
 
 # kubectl's printers.GetNewTabWriter: minwidth 6, padding 3.
 _MIN_WIDTH = 6
@@ -779,7 +789,7 @@ def _layout(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _labels_cell(obj: dict[str, Any], _: _Ctx) -> str:
+def _labels_cell(obj: Obj, _: _Ctx) -> str:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
 
@@ -805,13 +815,19 @@ def render_table(
     if not objs:
         return ""
     spec = COLUMN_SETS.get(resource, _GENERIC)
+    return _render(spec, objs, wide=wide, show_labels=show_labels, now=now,
+                   namespace_column=all_namespaces and _namespaced(resource, spec, objs))
+
+
+def _render(spec: TableSpec, objs: list[dict[str, Any]], *, wide: bool, show_labels: bool,
+            now: datetime | None, namespace_column: bool) -> str:
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     ctx = _Ctx(now=now, wide=wide)
     columns = [col for col in spec.columns if wide or not col.wide]
-    if all_namespaces and _namespaced(resource, spec, objs):
+    if namespace_column:
         columns.insert(0, NAMESPACE)
     if show_labels:
         columns.append(LABELS)
@@ -819,3 +835,71 @@ def render_table(
     rows = [[col.header for col in columns]]
     rows.extend([col.cell(obj, ctx) for col in columns] for obj in ordered)
     return _layout(rows)
+
+
+# --------------------------------------------------------------------------- both gateway kinds
+
+_ISTIO_GROUP = "networking.istio.io"
+
+
+def _group(obj: Obj) -> str:
+    return _str(_get(obj, "apiVersion")).rpartition("/")[0]
+
+
+def _ports_of(gw: Obj) -> list[int]:
+    """Server ports of an Istio Gateway, listener ports of a Gateway API one, in order."""
+    if _group(gw) == _ISTIO_GROUP:
+        raw = [_get(server, "port", "number") for server in _list(gw, "spec", "servers")]
+    else:
+        raw = [_get(listener, "port") for listener in _list(gw, "spec", "listeners")]
+    return [_int(p) for p in raw if _int(p) > 0]
+
+
+def gateway_address(gw: Obj, ingress_service: Obj | None) -> str:
+    """The ADDRESS cell of the combined gateway table (see the module's notes)."""
+    from zeromesh.controlplane import ingress
+
+    if _group(gw) == _ISTIO_GROUP:
+        if not ingress.selects_ingress(gw):
+            return ""
+        return ingress.loopback_address(_ports_of(gw), ingress_service)
+    if ingress.serves_class(_str(_get(gw, "spec", "gatewayClassName"))):
+        address = ingress.loopback_address(_ports_of(gw), ingress_service)
+        if address:
+            return address
+    return _jsonpath_text(_get(gw, "status", "addresses", 0, "value"))
+
+
+def _gateway_class(gw: Obj, c: _Ctx) -> str:
+    if _group(gw) == _ISTIO_GROUP:
+        return _ISTIO_GROUP
+    return _jsonpath_text(_get(gw, "spec", "gatewayClassName"))
+
+
+def render_gateways(
+    objs: list[dict[str, Any]],
+    ingress_service: Obj | None,
+    *,
+    wide: bool = False,
+    all_namespaces: bool = False,
+    show_labels: bool = False,
+    now: datetime | None = None,
+) -> str:
+    """One table for Istio (`networking.istio.io`) and Gateway API Gateways, told apart by their
+    `apiVersion`; `ingress_service` is istio-system/istio-ingressgateway (None if not installed).
+    Rows are sorted by namespace and name, Istio's first on a tie ("" for no objects)."""
+    if not objs:
+        return ""
+    spec = TableSpec(
+        (
+            NAME,
+            Column("CLASS", _gateway_class),
+            Column("ADDRESS", lambda o, c: gateway_address(o, ingress_service)),
+            Column("PROGRAMMED", _condition_status("Programmed", "Unknown")),
+            AGE,
+        ),
+        sort_key=lambda o: (_str(_get(o, "metadata", "namespace")), _str(_get(o, "metadata", "name")),
+                            _group(o) != _ISTIO_GROUP),
+    )
+    return _render(spec, objs, wide=wide, show_labels=show_labels, now=now,
+                   namespace_column=all_namespaces)

@@ -36,7 +36,8 @@ class ControlPlane:
         self.store = SqliteStore(str(paths.db))
         self.hub = WatchHub(self.store.revision())
         self.ops: Operations
-        self.controllers = Controllers(self.store, cfg.plan, self._emit)
+        self.controllers = Controllers(self.store, cfg.plan, self._emit,
+                                       ingress_ports=cfg.ingress_ports if cfg.ingress else None)
         self.ops = Operations(self.store, self.controllers)
         self.store.subscribe(self.hub.record)
         self.store.subscribe(self.controllers.on_change)
@@ -174,7 +175,22 @@ def make_app(cp: ControlPlane) -> web.Application:
     @routes.get("/v1/config")
     async def config(_: web.Request) -> web.Response:
         return web.json_response({"name": cp.cfg.name, "nodes": cp.cfg.nodes,
-                                  "image_table": cp.cfg.image_table, "python": cp.cfg.python})
+                                  "image_table": cp.cfg.image_table, "python": cp.cfg.python,
+                                  "ingress": cp.cfg.ingress, "ingress_ports": cp.cfg.ingress_ports})
+
+    @routes.put("/v1/ingress")
+    async def ingress(request: web.Request) -> web.Response:
+        """`up` and `install --ingress` say whether the ingress gateway runs, with which loopback
+        ports (already recorded in cluster.json); the objects follow before this returns."""
+        b = await request.json()
+        ports = b.get("ports")
+        if ports is not None and not (isinstance(ports, dict)
+                                      and all(isinstance(v, int) for v in ports.values())):
+            raise Refused("ports: a map of Service port to loopback port", 400)
+        cp.cfg.ingress = ports is not None
+        cp.cfg.ingress_ports = {str(k): v for k, v in (ports or {}).items()}
+        cp.controllers.set_ingress(cp.cfg.ingress_ports if cp.cfg.ingress else None)
+        return web.json_response({"installed": cp.cfg.ingress, "ports": cp.cfg.ingress_ports})
 
     @routes.post("/v1/apply")
     async def apply(request: web.Request) -> web.Response:

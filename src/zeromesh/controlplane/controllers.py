@@ -1,5 +1,5 @@
 """Controllers: Deployments make Pods, the scheduler binds them, Services get addresses and Endpoints,
-waypoint Gateways get their Deployment, Service and ServiceAccount.
+waypoint Gateways get their Deployment, Service and ServiceAccount, and the ingress gateway is installed.
 
 Each reconciler is idempotent and writes only when something differs, so a
 change ripples through the queue and then settles. They run synchronously on
@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from zeromesh.controlplane import ingress
 from zeromesh.controlplane import objects as o
 from zeromesh.controlplane import waypoints as wp
 from zeromesh.controlplane.model import GATEWAYS
@@ -31,12 +32,17 @@ Work = tuple[str, str, str]   # (task, namespace, name)
 
 class Controllers:
     def __init__(self, store: SqliteStore, plan: ClusterPlan,
-                 emit_event: Callable[[Obj, str, str, str], None]) -> None:
+                 emit_event: Callable[[Obj, str, str, str], None],
+                 ingress_ports: Mapping[str, int] | None = None) -> None:
         self.store = store
         self.plan = plan
         self.emit_event = emit_event
         self.queue: dict[Work, None] = {}
         self._pod_labels: dict[tuple[str, str], dict[str, str]] = {}
+        # The ingress gateway: installed with these loopback ports, or (None) not installed. Checked
+        # at every start, so a cluster restarted without it loses what an earlier run made.
+        self.ingress_ports: dict[str, int] | None = None
+        self.set_ingress(ingress_ports)
         # Waypoints stored before this controller last ran (a restart, an upgrade) are checked once.
         for gw in store.iter_raw(GATEWAYS):
             self.queue[("waypoint", gw["metadata"]["namespace"], gw["metadata"]["name"])] = None
@@ -72,6 +78,11 @@ class Controllers:
             q[("namespace", "", name)] = None
         elif resource == GATEWAYS:
             q[("waypoint", ns, name)] = None
+        # The ingress gateway's objects come back when deleted and are set right when edited.
+        if (resource in ingress.MANAGED_RESOURCES and ns == ingress.NAMESPACE
+                and name in (ingress.NAME, ingress.SERVICE_ACCOUNT)) \
+                or (resource == "namespaces" and name == ingress.NAMESPACE):
+            q[("ingress", "", "")] = None
         # A waypoint follows its objects: a ClusterIP, a ready replica, a deletion, a pod's state,
         # or a same-named object of someone else's going away.
         if resource in wp.MANAGED_RESOURCES or resource == "pods":
@@ -95,6 +106,12 @@ class Controllers:
             except Exception:
                 log.exception("reconcile %s %s/%s failed", task, ns, name)
         return n
+
+    def set_ingress(self, ports: Mapping[str, int] | None) -> None:
+        """Install the ingress gateway with these loopback ports (Service port → host port), or
+        remove what we installed (None); the next drain does it."""
+        self.ingress_ports = dict(ports) if ports is not None else None
+        self.queue[("ingress", "", "")] = None
 
     # ---- namespaces ------------------------------------------------------
     def _reconcile_namespace(self, _: str, name: str) -> None:
@@ -330,6 +347,44 @@ class Controllers:
                              "; ".join(conflicts))
         if wp.set_status(gw.setdefault("status", {}), wp.addresses(svc) if mine else [], cond):
             self.store.put(GATEWAYS, gw)
+
+    # ---- the ingress gateway ----------------------------------------------
+    def _reconcile_ingress(self, _: str, __: str) -> None:
+        """Create, update or remove the ingress gateway's objects in istio-system.
+
+        Objects of the same name that we did not make are left alone (and logged), as is a
+        namespace being deleted; its removal queues this again and the namespace is recreated."""
+        want = ingress.objects(self.ingress_ports)
+        ns = ingress.NAMESPACE
+        nsobj = self.store.get("namespaces", "", ns)
+        if want and nsobj is None:
+            obj = ingress.namespace()
+            obj["metadata"].update(uid=o.new_uid(), creationTimestamp=o.now())
+            self.store.put("namespaces", obj)
+        elif nsobj is not None and o.is_terminating(nsobj):
+            return
+        for resource in ingress.MANAGED_RESOURCES:
+            wanted = want.get(resource)
+            name = ingress.SERVICE_ACCOUNT if resource == "serviceaccounts" else ingress.NAME
+            live = self.store.get(resource, ns, name)
+            if live is not None and not ingress.owned(live):
+                if wanted is not None:
+                    log.warning("ingress gateway: %s %s/%s already exists and was not made by "
+                                "zeromesh; leaving it alone", live.get("kind", resource), ns, name)
+                continue
+            if wanted is None:
+                if live is not None:
+                    self.store.delete(resource, ns, name)
+            elif live is None:
+                obj = copy.deepcopy(wanted)
+                obj["metadata"].update(uid=o.new_uid(), creationTimestamp=o.now())
+                if resource == "deployments.apps":
+                    obj["metadata"]["generation"] = 1
+                self.store.put(resource, obj)
+            else:
+                new = ingress.updated(resource, live, wanted)
+                if new is not None:
+                    self.store.put(resource, new)
 
     # ---- services and endpoints -----------------------------------------
     def _reconcile_service(self, ns: str, name: str) -> None:

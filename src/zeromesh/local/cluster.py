@@ -14,15 +14,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from zeromesh.controlplane import ingress as ingress_gw
 from zeromesh.errors import ClusterError
 from zeromesh.local import images
 from zeromesh.local.plan import ClusterPlan
 from zeromesh.local.state import RUN_ROOT, ClusterConfig, Paths, load_config, save_config
 from zeromesh.netns import cmd, topology
 from zeromesh.samples import SAMPLES, sample_path
+
+if TYPE_CHECKING:
+    from zeromesh.cli.client import Client
 
 REQUIRED_TOOLS = ("ip", "nft", "setpriv")
 PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
@@ -97,6 +102,45 @@ def free_port(preferred: int = 0) -> int:
     raise ClusterError("no free loopback port")
 
 
+def pick_ports(keys: Iterable[str], have: Mapping[str, int], free: Callable[[int], int],
+               taken: Iterable[int] = ()) -> dict[str, int]:
+    """A port per key: the recorded one when `free` gives it back, else a new one; never one in
+    `taken` nor two alike (`free(0)` may hand the same ephemeral port out twice)."""
+    used = set(taken)
+    out: dict[str, int] = {}
+    for key in keys:
+        port = free(have.get(key, 0))
+        for _ in range(100):
+            if port not in used:
+                break
+            port = free(0)
+        else:
+            raise ClusterError("no free loopback port")
+        used.add(port)
+        out[key] = port
+    return out
+
+
+def _ports_in_use(cfg: ClusterConfig) -> set[int]:
+    """The other loopback ports this cluster recorded (control plane, node agents)."""
+    return {cfg.xds_port, *(p for ports in cfg.node_ports.values() for p in ports.values())} - {0}
+
+
+def _allocate_ingress(cfg: ClusterConfig, bound: bool) -> None:
+    """Give the ingress Service ports their loopback ports; `bound`: a runner may hold the recorded
+    ones open right now, so they are kept as they are."""
+    if not cfg.ingress:
+        cfg.ingress_ports = {}
+    elif not (bound and set(cfg.ingress_ports) == set(ingress_gw.PORT_KEYS)):
+        cfg.ingress_ports = pick_ports(ingress_gw.PORT_KEYS, cfg.ingress_ports, free_port,
+                                       _ports_in_use(cfg))
+
+
+def _sync_ingress(client: Client, cfg: ClusterConfig) -> None:
+    """Tell a (possibly already running) control plane what cluster.json now says."""
+    client.call("PUT", "/v1/ingress", {"ports": cfg.ingress_ports if cfg.ingress else None})
+
+
 def _install_ca_plugin(paths: Paths, ca_dir: str) -> None:
     """Istio's plug-in CA layout, copied into the root-only state directory."""
     src = Path(ca_dir)
@@ -150,7 +194,9 @@ def _install_samples(paths: Paths) -> None:
 
 def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progress,
        timeout: float = 60.0, ca_dir: str | None = None,
-       workload_cert_ttl: int | None = None) -> ClusterConfig:
+       workload_cert_ttl: int | None = None, ingress: bool | None = None) -> ClusterConfig:
+    """Start (or restart) the cluster. `ingress`: None keeps what the cluster had (a new one gets
+    the ingress gateway), False leaves it out (`--no-ingress`), True installs it."""
     check_host()
     paths = Paths(cluster)
     cfg = load_config(paths)
@@ -193,6 +239,10 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
             have = cfg.node_ports.get(node, {})
             cfg.node_ports[node] = {"metrics": free_port(have.get("metrics", 0)),
                                     "admin": free_port(have.get("admin", 0))}
+    if ingress is not None:
+        cfg.ingress = ingress
+    _allocate_ingress(cfg, bound=any(_daemon_running(paths, f"runner-{n}")
+                                     for n in cfg.plan.node_names()))
     save_config(paths, cfg)
     plan = cfg.plan
     progress(f"creating network: underlay and {plan.nodes} node namespace(s)")
@@ -210,6 +260,7 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
         if time.monotonic() > deadline or not _daemon_running(paths, "controlplane"):
             raise ClusterError(f"control plane did not start; see {paths.logs / 'controlplane.log'}")
         time.sleep(0.05)
+    _sync_ingress(client, cfg)
     for node in plan.node_names():
         for daemon in (f"runner-{node}", f"nodeagent-{node}"):
             if not _daemon_running(paths, daemon):
@@ -250,6 +301,25 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
                                f"{', '.join(sorted(waiting))}; see {paths.logs}")
         time.sleep(0.05)
     return cfg
+
+
+def install_ingress(cluster: str) -> tuple[ClusterConfig, bool]:
+    """`zeromesh install --ingress` on a running cluster: record it (a restart keeps it), allocate
+    its loopback ports, have the control plane create it. Returns (config, newly installed)."""
+    check_host()
+    from zeromesh.cli.client import Client
+    paths = Paths(cluster)
+    client = Client(cluster)
+    cfg = load_config(paths)
+    if cfg is None or not client.alive():
+        raise client.not_running()
+    fresh = not (cfg.ingress and set(cfg.ingress_ports) == set(ingress_gw.PORT_KEYS))
+    if fresh:
+        cfg.ingress = True
+        _allocate_ingress(cfg, bound=False)    # not installed: no runner holds these ports
+        save_config(paths, cfg)
+    _sync_ingress(client, cfg)
+    return cfg, fresh
 
 
 def _stop_pid(pid: int, marker: str, grace: float) -> None:

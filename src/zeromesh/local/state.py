@@ -27,6 +27,12 @@ class ClusterConfig:
     workload_cert_ttl: int = 0   # seconds; 0 = the CA's default (24 h)
     # Per node agent: host-loopback ports for metrics (Istio's 15020) and admin (15000).
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The ingress gateway (istio-system/istio-ingressgateway): `up --no-ingress` leaves it out,
+    # `install --ingress` adds it later; kept across restarts.
+    ingress: bool = True
+    # Its traffic ports published on the host's loopback (the Service's nodePorts), gateway port →
+    # loopback port: {"80": P, "443": Q} (keys: `controlplane.ingress.PORT_KEYS`); {} when not installed.
+    ingress_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def plan(self) -> ClusterPlan:
