@@ -18,7 +18,9 @@ TABLE = ROOT / "tests" / "e2e" / "image-table.yaml"
 def test_up_and_down_leave_the_host_unchanged(new_cluster: Cluster) -> None:
     before = host_network_view()
     new_cluster.up(2)
-    netns = [n for n in os.listdir("/run/netns") if n.startswith(f"zm.{new_cluster.name}.")]
+    # Node-level namespaces only (pods, such as the ingress gateway's, have zm.C.NS.POD names).
+    netns = [n for n in os.listdir("/run/netns")
+             if n.startswith(f"zm.{new_cluster.name}.") and n.count(".") == 2]
     assert sorted(netns) == sorted(f"zm.{new_cluster.name}.{n}"
                                    for n in ("underlay", "node1", "node2"))
     during = host_network_view()

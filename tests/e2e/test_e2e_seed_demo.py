@@ -4,6 +4,7 @@ unchanged, step by step as its README describes; steps 5+ arrive with the gatewa
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -59,6 +60,31 @@ def test_step4_allow_ns1_sleep_to_ns2_echo_only(demo: Cluster) -> None:
     eventually(lambda: reaches(demo, "ns1", "sleep-depl-ns1", NS2_ECHO), "the allow did not open the path")
     assert not reaches(demo, "ns2", "sleep-depl-ns2", NS1_ECHO)
     assert not reaches(demo, "ns1", "notsleep-depl-ns1", NS2_ECHO)
+
+
+def _gateway(demo: Cluster, path: str = "/") -> tuple[str, str]:
+    svc = demo.get("services", "istio-system", "istio-ingressgateway")
+    port = next(int(p["nodePort"]) for p in svc["spec"]["ports"] if int(p["port"]) == 80)
+    r = subprocess.run(["curl", "-s", "-m", "5", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"],
+                       capture_output=True, text=True, timeout=20)
+    body, _, code = r.stdout.rpartition("\n")
+    return code, body
+
+
+def test_step5_ingress_gateway_is_refused_by_ns1_deny_all(demo: Cluster) -> None:
+    demo.wait_ready("istio-system", timeout=60)
+    demo.apply(SEED / "istio-gateway.yaml")
+    # The route exists (not 404) but ns1's ztunnel refuses the gateway: no echo answer.
+    eventually(lambda: _gateway(demo)[0] not in ("404", "000"), "the gateway route never applied",
+               timeout=20)
+    code, body = _gateway(demo)
+    assert code != "200" and "echoserver-depl-ns1" not in body, (code, body)
+
+
+def test_step6_allowing_the_gateway_principal_opens_ns1(demo: Cluster) -> None:
+    demo.apply(SEED / "allow-comms-echo-ns1.yaml")
+    eventually(lambda: _gateway(demo)[0] == "200", "the gateway never reached ns1's echo", timeout=20)
+    assert "echoserver-depl-ns1" in _gateway(demo)[1]
 
 
 def test_step7_waypoint_allows_get_and_denies_post(demo: Cluster) -> None:

@@ -170,7 +170,9 @@ class Container:
         # address), so it sees every client's real address: the runner opens those sockets.
         listeners: list[socket.socket] = []
         if images.image_key(self.spec.get("image", "")) == INGRESS_IMAGE:
-            for gw_port, host_port in sorted((getattr(pod.runner.cfg, "ingress_ports", None) or {}).items()):
+            # Asked afresh: `install --ingress` may have allocated the ports after this runner started.
+            current = await pod.runner.cp.call("GET", "/v1/config")
+            for gw_port, host_port in sorted((current.get("ingress_ports") or {}).items()):
                 ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
