@@ -50,7 +50,21 @@ sleep 1
 expect_ok run zeromesh exec -n ns1 deploy/sleep-depl-ns1 -- curl -s -m 5 "$NS2_ECHO"
 expect_refused run zeromesh exec -n ns2 deploy/sleep-depl-ns2 -- curl -s -m 5 "$NS1_ECHO"
 
-step "Steps 5-6 (the ingress gateway) arrive with issue 7: skipped"
+step "Step 5: an Istio Gateway on the ingress gateway (published on this host's loopback) + a VirtualService to ns1's echo"
+run zeromesh get svc -n istio-system
+GW_PORT=$(zeromesh get svc istio-ingressgateway -n istio-system -o json \
+  | python3 -c 'import json,sys; print(next(p["nodePort"] for p in json.load(sys.stdin)["spec"]["ports"] if p["port"] == 80))')
+run zeromesh apply -f "$DEMO/istio-gateway.yaml"
+for i in $(seq 50); do c=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/"); [ "$c" != 404 ] && [ "$c" != 000 ] && break; sleep 0.3; done
+code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/")
+echo "curl http://127.0.0.1:$GW_PORT/ -> $code (ns1 is deny-all: the gateway's identity is refused there)"
+[ "$code" != 200 ] || { echo "   -> UNEXPECTED SUCCESS" >&2; exit 1; }
+
+step "Step 6: allow the ingress gateway's principal into ns1's echo"
+run zeromesh apply -f "$DEMO/allow-comms-echo-ns1.yaml"
+for i in $(seq 50); do [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT/")" = 200 ] && break; sleep 0.3; done
+expect_ok run curl -s -m 5 -f "http://127.0.0.1:$GW_PORT/"
+run zeromesh get gateway -A
 
 step "Step 7: a waypoint for ns2's echo service account; an L7 policy allows only GET from ns1's sleep"
 run zeromesh apply -f "$DEMO/waypoint-proxy.yaml" -f "$DEMO/allow-get-to-echo-ns2.yaml"
@@ -70,8 +84,8 @@ run zeromesh exec -n ns1 deploy/sleep-depl-ns1 -- sh -c "for i in \$(seq 100); d
 
 cat <<'MSG'
 
-Step 9 of examples/istio-ambient-demo/SCENARIO.md (the dashboard and graph) and
-steps 5-6 (the ingress gateway) arrive with issues 7-8; see the README's status table.
+Step 9 of examples/istio-ambient-demo/SCENARIO.md (the dashboard and graph)
+arrives with issue 8; see the README's status table.
 
 The cluster is still running. Explore it, for example:
   zeromesh --cluster demo get pods -A -o wide
