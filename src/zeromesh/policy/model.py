@@ -60,7 +60,20 @@ class Action(Enum):
     CUSTOM = "CUSTOM"
 
 
+_PARSED: dict[str, IPAddress] = {}
+
+
 def _ip(value: object) -> IPAddress:
+    if isinstance(value, str):
+        # Proxies build a Request per connection or HTTP request from the same few peer
+        # addresses: parse each string once (bounded, so a scan of addresses cannot grow it).
+        got = _PARSED.get(value)
+        if got is None:
+            got = _ip(ipaddress.ip_address(value))
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            _PARSED[value] = got
+        return got
     addr = value if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address) \
         else ipaddress.ip_address(str(value))
     # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; policies write them as IPv4.

@@ -26,6 +26,9 @@ class HttpRequest:
     def __post_init__(self) -> None:
         _, _, qs = self.path.partition("?")
         query: dict[str, str] = {}
+        if not qs:
+            object.__setattr__(self, "query", query)
+            return
         for k, v in parse_qsl(qs, keep_blank_values=True):
             query.setdefault(k, v)
         object.__setattr__(self, "query", query)

@@ -96,6 +96,8 @@ class WaypointConfig:
     root_namespace: str = ROOT_NAMESPACE
     _sets: dict[tuple[str, bool], PolicySet] = field(default_factory=dict, repr=False)
     _authn_sets: dict[str, AuthnSet] = field(default_factory=dict, repr=False)
+    _endpoint_cache: dict[tuple[str, int, str | None], list[Upstream]] = field(default_factory=dict,
+                                                                               repr=False)
 
     @property
     def version(self) -> str:
@@ -192,6 +194,10 @@ class WaypointConfig:
                 port = next(iter(svc.ports))
             else:
                 return []
+        key = (host, port, subset)
+        cached = self._endpoint_cache.get(key)
+        if cached is not None:
+            return cached
         labels = self.subsets.get((host, subset)) if subset else None
         if subset and labels is None:
             return []
@@ -203,6 +209,7 @@ class WaypointConfig:
             if labels and (wl is None or any(wl.labels.get(k) != v for k, v in labels.items())):
                 continue
             out.append(Upstream(ep.ip, ep.ports[port], wl, svc))
+        self._endpoint_cache[key] = out      # the config is immutable: once per version
         return out
 
     @classmethod

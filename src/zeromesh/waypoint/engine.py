@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import logging
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -171,6 +170,46 @@ class UpConn:
                 raise UpstreamProtocolError(f"upstream sent invalid HTTP: {e}") from e
 
 
+class ReadDeadline:
+    """A read timeout for a long-lived connection without a timer per read: one timer, moved
+    lazily (it fires at the old deadline and re-arms itself if reads pushed it later)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.deadline = 0.0
+        self.handle: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.expired = False
+
+    async def read(self, down: Duplex, timeout: float) -> bytes:
+        self.deadline = self.loop.time() + timeout
+        if self.handle is None:
+            self.handle = self.loop.call_at(self.deadline, self._check)
+        self.task = asyncio.current_task()
+        try:
+            return await down.recv()
+        except asyncio.CancelledError:
+            if self.expired:
+                self.expired = False
+                raise TimeoutError from None
+            raise
+        finally:
+            self.task = None
+
+    def _check(self) -> None:
+        self.handle = None
+        if self.loop.time() < self.deadline:
+            self.handle = self.loop.call_at(self.deadline, self._check)
+        elif self.task is not None:
+            self.expired = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class UpstreamPool:
     """Idle keep-alive connections per endpoint."""
 
@@ -277,7 +316,8 @@ class HttpEngine:
     # ---- a downstream connection ----------------------------------------------------------
     async def serve(self, down: Duplex, dest: Destination, peer: Peer) -> None:
         try:
-            first = await asyncio.wait_for(down.recv(), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):
+                first = await down.recv()
         except (TimeoutError, OSError, ConnectionError):
             down.abort()
             return
@@ -297,6 +337,7 @@ class HttpEngine:
         parser = Parser()
         pending: collections.deque[Message] = collections.deque()
         data = first
+        deadline = ReadDeadline()
         try:
             while True:
                 if data:
@@ -320,7 +361,7 @@ class HttpEngine:
                         return
                 timeout = self.request_timeout if parser.mid_message else self.idle_timeout
                 try:
-                    data = await asyncio.wait_for(down.recv(), timeout)
+                    data = await deadline.read(down, timeout)
                 except TimeoutError:
                     if parser.mid_message:
                         await down.send(local_reply(408, "request timeout\n", keep_alive=False))
@@ -333,6 +374,8 @@ class HttpEngine:
         except (OSError, ConnectionError) as e:
             log.debug("downstream %s ended: %s", peer.ip, e)
             down.abort()
+        finally:
+            deadline.stop()
 
     def _bad_request(self, down: Duplex, e: MessageError, dest: Destination, peer: Peer) -> None:
         self._record_local(dest, peer, "", "", e.status, str(e), flags="DPE")
@@ -364,7 +407,7 @@ class HttpEngine:
                             f"spiffe://{peer.principal}" if peer.principal else "", req.method, req.target,
                             host, protocol=protocol, service=dest.service, mtls_in=peer.mtls,
                             request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in req.headers))
-        rec.request_id = req.get("x-request-id") or secrets.token_hex(16)
+        rec.request_id = req.get("x-request-id") or f"{random.getrandbits(128):032x}"
         return rec
 
     async def respond(self, req: Message, dest: Destination, peer: Peer, rec: RequestRecord) -> Reply:
@@ -548,7 +591,8 @@ class HttpEngine:
                 if not keys:
                     what = backend.host + (f" subset {backend.subset}" if backend.subset else "")
                     return _give_up(NO_HEALTHY_UPSTREAM, f"no ready endpoint for {what}")
-                key = cluster.lb.pick(keys, active=cluster.active, exclude=state.attempted) or keys[0]
+                key = keys[0] if len(keys) == 1 else (
+                    cluster.lb.pick(keys, active=cluster.active, exclude=state.attempted) or keys[0])
                 up = by_key[key]
                 rec.upstream = up.key
                 rec.destination = up.workload
@@ -564,6 +608,8 @@ class HttpEngine:
                     return outcome.answer
                 if cluster.outlier is not None:
                     cluster.outlier.record(key, outcome, now)
+                if resp is not None and resp.status < 400 and isinstance(outcome, UpstreamResponse):
+                    return resp         # nothing retries a success (no retriable-headers support)
                 act = state.next_action(outcome, now, endpoint=key)
                 if isinstance(act, Retry):
                     await asyncio.sleep(act.delay_s)
@@ -587,7 +633,10 @@ class HttpEngine:
             return await self._attempt_h2(up, request, timeout)
         for _ in range(2):       # a reused keep-alive connection may have been closed: once more
             try:
-                conn, reused = await asyncio.wait_for(self.upstreams.acquire(up, []), timeout)
+                if timeout is None:
+                    conn, reused = await self.upstreams.acquire(up, [])
+                else:
+                    conn, reused = await asyncio.wait_for(self.upstreams.acquire(up, []), timeout)
             except (ConnectFailure, TimeoutError) as e:
                 log.debug("connect %s: %s", up.key, e)
                 kind = (FailureKind.PER_TRY_TIMEOUT if isinstance(e, TimeoutError)
@@ -595,8 +644,11 @@ class HttpEngine:
                 return Failure(kind, request_sent=False), None
             try:
                 await conn.duplex.send(request)
-                resp = (await asyncio.wait_for(conn.response(head_only), timeout) if timeout
-                        else await conn.response(head_only))
+                if timeout is None:
+                    resp = await conn.response(head_only)
+                else:
+                    async with asyncio.timeout(timeout):
+                        resp = await conn.response(head_only)
             except asyncio.CancelledError:
                 conn.duplex.abort()           # never leak a half-used connection
                 raise

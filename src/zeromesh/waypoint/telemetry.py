@@ -104,18 +104,22 @@ class WaypointTelemetry(Telemetry):
     def __init__(self) -> None:
         super().__init__()
         self.http = HttpMetrics(self.metrics.registry)
-        self._http_children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+        self._http_children: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
 
     def request_done(self, r: RequestRecord) -> None:
-        key = r.labels()
-        got = self._http_children.get(key)
+        # The 25 label values are derived only from these: look the series up by them.
+        src, dst, svc = r.source, r.destination, r.service
+        short = (src.uid if src else "", r.src_identity, dst.uid if dst else "", r.dst_identity,
+                 svc.key if svc else "", r.status, r.flags, r.protocol, r.mtls_in, r.grpc_status)
+        got = self._http_children.get(short)
         if got is None:
+            key = r.labels()
             m = self.http
             got = (m.requests.labels(*key), m.duration.labels(*key), m.request_bytes.labels(*key),
                    m.response_bytes.labels(*key))
             if len(self._http_children) >= self.CACHE_LIMIT:
                 self._http_children.clear()
-            self._http_children[key] = got
+            self._http_children[short] = got
         duration_ms = (time.monotonic() - r.started) * 1000
         got[0].inc()
         got[1].observe(duration_ms)
