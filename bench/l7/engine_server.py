@@ -42,7 +42,7 @@ from typing import Any
 from zeromesh.waypoint.config import Destination, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, StreamDuplex
 from zeromesh.waypoint.engine import HttpEngine, Peer
-from zeromesh.waypoint.telemetry import WaypointTelemetry
+from zeromesh.waypoint.telemetry import WaypointTelemetry, batch_access_log
 
 NAMESPACE, WAYPOINT, SERVICE = "l7-bench", "waypoint", "backend"
 VIP, SERVICE_PORT = "127.0.0.2", 80
@@ -97,6 +97,7 @@ async def connect_upstream(up: Upstream, headers: list[tuple[str, str]]) -> Dupl
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
+    batch_access_log()          # as the waypoint process does
     config = WaypointConfig.build(push_state(args.backend_port), "1", namespace=NAMESPACE, name=WAYPOINT)
     svc = config.snapshot.services_by_vip[VIP]
     dest = Destination(VIP, SERVICE_PORT, svc, None)

@@ -34,7 +34,7 @@ from zeromesh.waypoint.config import AUTHZ, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, StreamDuplex, TunnelDuplex
 from zeromesh.waypoint.engine import ConnectFailure, HttpEngine, Peer
 from zeromesh.waypoint.jwks_fetch import JwksFetcher
-from zeromesh.waypoint.telemetry import WaypointTelemetry
+from zeromesh.waypoint.telemetry import WaypointTelemetry, batch_access_log
 from zeromesh.ztunnel.hbone_io import HboneLink, LinkPool, TunnelStream, connect_link
 
 log = logging.getLogger("zeromesh.waypoint")
@@ -169,6 +169,7 @@ class ProxyProcess:
         return web.json_response(self.dump())
 
     async def run(self) -> None:
+        batch_access_log()
         runners = []
         for port, routes in ((STATUS_PORT, [web.get("/healthz/ready", self._ready)]),
                              (METRICS_PORT, [web.get("/stats/prometheus", self._metrics),

@@ -4,6 +4,7 @@ and one JSON access-log line per request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -96,6 +97,68 @@ class RequestRecord:
         if self.reason:
             d["reason"] = self.reason
         return d
+
+
+class BatchedLogHandler(logging.Handler):
+    """Access-log lines collected and written together: a write (and flush) per request cost
+    a proxy about a quarter of its time per request. Lines wait at most ``interval`` seconds;
+    warnings and errors go out at once."""
+
+    def __init__(self, stream: Any, fmt: logging.Formatter | None, interval: float = 0.2,
+                 limit: int = 256 * 1024) -> None:
+        super().__init__()
+        self.stream = stream
+        if fmt is not None:
+            self.setFormatter(fmt)
+        self.interval = interval
+        self.limit = limit
+        self.lines: list[str] = []
+        self.size = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.lines.append(line)
+        self.size += len(line)
+        if record.levelno >= logging.WARNING or self.size >= self.limit:
+            self.flush()
+        elif self.timer is None:
+            try:
+                self.timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+            except RuntimeError:          # no event loop: write now
+                self.flush()
+
+    def flush(self) -> None:
+        self.timer = None
+        if not self.lines:
+            return
+        text = "\n".join(self.lines) + "\n"
+        self.lines, self.size = [], 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+def batch_access_log() -> None:
+    """Send the access log through a :class:`BatchedLogHandler` writing where the root
+    logger's first handler writes, with the same format."""
+    root = logging.getLogger().handlers
+    target = next((h for h in root if isinstance(h, logging.StreamHandler)), None)
+    if target is None:
+        return
+    handler = BatchedLogHandler(target.stream, target.formatter)
+    log.addHandler(handler)
+    log.propagate = False
 
 
 class WaypointTelemetry(Telemetry):
