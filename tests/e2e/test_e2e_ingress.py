@@ -320,3 +320,53 @@ def test_gateway_api_httproute_core(edge: tuple[Cluster, str, int]) -> None:
         assert f"127.0.0.1:{port}" in gw and "web" in gw
     finally:
         c.z("delete", "namespace", other, check=False)
+
+
+def test_gateway_metrics_report_as_the_source_workload(edge: tuple[Cluster, str, int]) -> None:
+    c, ns, port = edge
+    eventually(lambda: code("istio.example.com", port) == "200", "gateway route")
+    pod = next(p["metadata"]["name"] for p in c.pods("istio-system")
+               if p["metadata"]["labels"].get("istio") == "ingressgateway")
+    text = c.exec("istio-system", pod, "curl", "-s", "http://127.0.0.1:15020/stats/prometheus").stdout
+    lines = [ln for ln in text.splitlines() if ln.startswith("istio_requests_total{")]
+    assert any('reporter="source"' in ln and 'source_workload="istio-ingressgateway"' in ln
+               and f'destination_service="echo-v1.{ns}.svc.cluster.local"' in ln
+               and 'response_code="200"' in ln for ln in lines), lines
+
+
+MESH_CONFIG = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    defaultConfig:
+      gatewayTopology:
+        numTrustedProxies: 1
+"""
+
+
+def _restart_gateway(c: Cluster) -> None:
+    for p in c.pods("istio-system"):
+        if p["metadata"]["labels"].get("istio") == "ingressgateway":
+            c.z("delete", "pod", p["metadata"]["name"], "-n", "istio-system")
+    eventually(lambda: len(c.pods("istio-system")) == 1, "gateway pod not recreated")
+    c.wait_ready("istio-system", timeout=60)
+
+
+def test_x_forwarded_for_counts_only_with_trusted_hops(edge: tuple[Cluster, str, int]) -> None:
+    c, _, port = edge
+    tag = unique_name("xff")
+    xff = ("-H", "X-Forwarded-For: 203.0.113.7")
+    try:
+        c.apply("-", input=EDGE_POLICY.format(tag=tag, block="203.0.113.7/32"))
+        eventually(lambda: code("istio.example.com", port) == "403", "policy not applied")
+        assert code("istio.example.com", port, "/", *xff) == "403"       # untrusted header ignored
+        c.apply("-", input=MESH_CONFIG)
+        _restart_gateway(c)
+        eventually(lambda: code("istio.example.com", port, "/", *xff) == "200", "trusted hop not honoured")
+        assert code("istio.example.com", port) == "403"                  # no header: the peer, refused
+    finally:
+        c.z("delete", "authorizationpolicies.security.istio.io", f"edge-allow-list-{tag}", "-n",
+            "istio-system", check=False)
+        c.z("delete", "configmap", "istio", "-n", "istio-system", check=False)

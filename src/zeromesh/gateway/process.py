@@ -41,6 +41,18 @@ class IngressProxy(ProxyProcess):
         self._contexts: dict[str, ssl.SSLContext] = {}
         super().__init__(cred, directory)
         self.engine.route_dest = lambda cfg, dest, host: cfg.listener_destination(dest.port, host)
+        self.engine.self_source = self._self_source
+        self._me: tuple[Any, Any] | None = None
+        self._identity = f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    def _self_source(self) -> tuple[Any, str]:
+        """Istio's gateways report their requests with themselves as the source workload."""
+        cfg = self.config
+        if self._me is None or self._me[0] is not cfg:
+            me = next((w for w in cfg.snapshot.workloads_by_uid.values()
+                       if w.namespace == self.namespace and w.name == self.pod), None)
+            self._me = (cfg, me)
+        return self._me[1], self._identity
 
     def build_config(self, state: dict[str, dict[str, Any]], version: str) -> Any:
         from zeromesh.gateway.config import GatewayConfig

@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from zeromesh.controlplane import objects as o
 from zeromesh.errors import ClusterError, NetnsError, NotFound
+from zeromesh.gateway.forwarded import PROXY_CONFIG_ANNOTATION, trusted_hops_from_annotations
 from zeromesh.local import images, servicerules
 from zeromesh.local.cpclient import ControlPlaneClient
 from zeromesh.local.dns import DnsServer
@@ -172,6 +175,7 @@ class Container:
         if images.image_key(self.spec.get("image", "")) == INGRESS_IMAGE:
             # Asked afresh: `install --ingress` may have allocated the ports after this runner started.
             current = await pod.runner.cp.call("GET", "/v1/config")
+            env["TRUSTED_HOPS"] = str(await pod.runner.mesh_trusted_hops())
             for gw_port, host_port in sorted((current.get("ingress_ports") or {}).items()):
                 ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -422,6 +426,26 @@ class Runner:
         if component is not None:
             return list(component), {}
         return images.resolve_command(spec, self.table, self.paths.samples, self.cfg.python)
+
+    async def mesh_trusted_hops(self) -> int:
+        """Istio's mesh-wide ``defaultConfig.gatewayTopology.numTrustedProxies`` from the
+        ``istio`` ConfigMap in ``istio-system`` (key ``mesh``); read when the gateway starts."""
+        try:
+            found = await self.cp.call("GET", "/v1/objects/configmaps",
+                                       params={"namespace": "istio-system", "name": "istio"})
+        except (ClusterError, NotFound):
+            return 0
+        items = found.get("items") or []
+        mesh = ((items[0].get("data") or {}).get("mesh") if items else None) or ""
+        try:
+            doc = yaml.safe_load(mesh) or {}
+        except yaml.YAMLError as e:
+            log.warning("ConfigMap istio-system/istio: key mesh is not YAML: %s", e)
+            return 0
+        default = doc.get("defaultConfig") if isinstance(doc, dict) else None
+        if not isinstance(default, dict):
+            return 0
+        return trusted_hops_from_annotations({PROXY_CONFIG_ANNOTATION: yaml.safe_dump(default)})
 
     def services_of(self, pod: dict[str, Any]) -> list[str]:
         ns = pod["metadata"]["namespace"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zeromesh.authn import authenticate
+from zeromesh.gateway.forwarded import client_address
 from zeromesh.policy import Request, evaluate
 from zeromesh.routing import (
     Backend,
@@ -246,22 +246,6 @@ class UpstreamPool:
         self.idle.clear()
 
 
-def client_address(peer_ip: str, xff: str | None, trusted_hops: int) -> str:
-    """Envoy's rule: with N trusted hops the client is the Nth address from the right of
-    X-Forwarded-For; with none (or too short a header) it is the connection's peer."""
-    if trusted_hops <= 0 or not xff:
-        return peer_ip
-    hops = [h.strip() for h in xff.split(",") if h.strip()]
-    if len(hops) < trusted_hops:
-        return peer_ip
-    candidate = hops[-trusted_hops]
-    try:
-        ipaddress.ip_address(candidate)
-    except ValueError:
-        return peer_ip
-    return candidate
-
-
 def looks_http1(data: bytes) -> bool:
     """An HTTP/1.x request starts with a method token and a space."""
     head = data[:16]
@@ -302,6 +286,7 @@ class HttpEngine:
         # The ingress gateway routes by Host: it swaps the connection's listener for the
         # destination that host names on it, per request.
         self.route_dest: Callable[[Any, Destination, str], Destination] | None = None
+        self.self_source: Callable[[], tuple[WorkloadInfo | None, str]] | None = None
         self.upstreams = UpstreamPool(connect)
         from zeromesh.waypoint import http2  # http2 imports this module: import it here
         self.h2 = http2.H2Upstreams(connect)
@@ -408,6 +393,10 @@ class HttpEngine:
                             host, protocol=protocol, service=dest.service, mtls_in=peer.mtls,
                             request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in req.headers))
         rec.request_id = req.get("x-request-id") or f"{random.getrandbits(128):032x}"
+        if self.self_source is not None:          # an ingress gateway is the source of what it sends
+            rec.reporter = "source"
+            rec.source, rec.src_identity = self.self_source()
+            rec.src_addr = f"{peer.ip}:{peer.port}"
         return rec
 
     async def respond(self, req: Message, dest: Destination, peer: Peer, rec: RequestRecord) -> Reply:

@@ -62,24 +62,26 @@ class RequestRecord:
     started: float = field(default_factory=time.monotonic)
     request_id: str = ""
     grpc_status: str = ""
+    reporter: str = "waypoint"          # the ingress gateway reports as Istio's do: "source"
     cluster: str = "Kubernetes"
 
     def labels(self) -> tuple[str, ...]:
         svc = self.service
-        d = {"reporter": "waypoint",
+        d = {"reporter": self.reporter,
              **wl_labels("source", self.source, self.src_identity, self.cluster),
              **wl_labels("destination", self.destination, self.dst_identity, self.cluster),
              "destination_service": svc.hostname if svc else UNKNOWN,
              "destination_service_name": svc.name if svc else UNKNOWN,
              "destination_service_namespace": svc.namespace if svc else UNKNOWN,
              "request_protocol": self.protocol, "response_flags": self.flags,
-             "connection_security_policy": "mutual_tls" if self.mtls_in else "none",
+             "connection_security_policy": ("unknown" if self.reporter == "source"
+                                            else "mutual_tls" if self.mtls_in else "none"),
              "response_code": str(self.status), "grpc_response_status": self.grpc_status}
         return tuple(d[k] for k in HTTP_LABELS)
 
     def log_fields(self, duration_ms: float) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "msg": "request", "reporter": "waypoint", "method": self.method, "path": self.path,
+            "msg": "request", "reporter": self.reporter, "method": self.method, "path": self.path,
             "authority": self.authority, "protocol": self.protocol, "status": self.status,
             "flags": self.flags, "route": self.route,
             "src.addr": self.src_addr, "src.workload": self.source.name if self.source else "",
@@ -173,7 +175,8 @@ class WaypointTelemetry(Telemetry):
         # The 25 label values are derived only from these: look the series up by them.
         src, dst, svc = r.source, r.destination, r.service
         short = (src.uid if src else "", r.src_identity, dst.uid if dst else "", r.dst_identity,
-                 svc.key if svc else "", r.status, r.flags, r.protocol, r.mtls_in, r.grpc_status)
+                 svc.key if svc else "", r.status, r.flags, r.protocol, r.mtls_in, r.grpc_status,
+                 r.reporter)
         got = self._http_children.get(short)
         if got is None:
             key = r.labels()
