@@ -370,3 +370,78 @@ def test_x_forwarded_for_counts_only_with_trusted_hops(edge: tuple[Cluster, str,
         c.z("delete", "authorizationpolicies.security.istio.io", f"edge-allow-list-{tag}", "-n",
             "istio-system", check=False)
         c.z("delete", "configmap", "istio", "-n", "istio-system", check=False)
+
+
+L7_AT_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge-l7, namespace: {ns}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["l7.example.com"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge-l7, namespace: {ns}}}
+spec:
+  hosts: ["l7.example.com"]
+  gateways: [edge-l7]
+  http:
+  - match: [{{uri: {{prefix: /teapot}}}}]
+    fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: echo-v1}}}}]
+  - route: [{{destination: {{host: echo-v1}}}}]
+    timeout: 5s
+    retries: {{attempts: 2, retryOn: 5xx}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt-{tag}, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules: [{{issuer: "https://edge.example", jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-jwt-{tag}, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{from: [{{source: {{notRequestPrincipals: ["*"]}}}}], to: [{{operation: {{paths: ["/secure*"]}}}}]}}]
+"""
+
+RATE_LIMIT = """\
+apiVersion: zeromesh.io/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: edge-l7, namespace: {ns}}}
+spec:
+  targetRefs: [{{group: networking.istio.io, kind: Gateway, name: edge-l7}}]
+  tokenBucket: {{maxTokens: 3, tokensPerFill: 1, fillInterval: 60s}}
+"""
+
+
+def test_waypoint_l7_features_work_at_the_gateway(edge: tuple[Cluster, str, int]) -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    c, ns, port = edge
+    tag = unique_name("l7")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "k1", "alg": "RS256"})
+    good = pyjwt.encode({"iss": "https://edge.example", "sub": "alice", "exp": int(time.time()) + 600},
+                        key, algorithm="RS256", headers={"kid": "k1"})
+    host = "l7.example.com"
+    try:
+        c.apply("-", input=L7_AT_GATEWAY.format(ns=ns, tag=tag, jwks=json.dumps({"keys": [jwk]})))
+        eventually(lambda: code(host, port, "/teapot") == "418", "fault at the gateway")
+        eventually(lambda: code(host, port, "/secure") == "403", "JWT requirement at the gateway")
+        assert code(host, port, "/secure", "-H", "authorization: Bearer not.a.jwt") == "401"
+        assert code(host, port, "/secure", "-H", f"authorization: Bearer {good}") == "200"
+        c.apply("-", input=RATE_LIMIT.format(ns=ns))
+        eventually(lambda: code(host, port, "/") == "429", "rate limit at the gateway", timeout=15)
+        assert code("istio.example.com", port) == "200"              # another Gateway: not limited
+    finally:
+        c.z("delete", "requestauthentications.security.istio.io", f"edge-jwt-{tag}", "-n",
+            "istio-system", check=False)
+        c.z("delete", "authorizationpolicies.security.istio.io", f"edge-jwt-{tag}", "-n", "istio-system",
+            check=False)

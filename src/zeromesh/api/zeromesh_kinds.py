@@ -32,7 +32,8 @@ from zeromesh.api.schema import (
 ZEROMESH = "zeromesh.io"
 GATEWAY_API = "gateway.networking.k8s.io"
 
-_TARGET_KINDS = {("", "Service"), (GATEWAY_API, "Gateway"), (GATEWAY_API, "HTTPRoute")}
+_TARGET_KINDS = {("", "Service"), (GATEWAY_API, "Gateway"), (GATEWAY_API, "HTTPRoute"),
+                 ("networking.istio.io", "Gateway")}     # an Istio Gateway on the ingress gateway
 _MIN_FILL_INTERVAL_S = 0.05
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PROXY_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
