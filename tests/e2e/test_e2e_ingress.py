@@ -364,7 +364,8 @@ def test_x_forwarded_for_counts_only_with_trusted_hops(edge: tuple[Cluster, str,
         assert code("istio.example.com", port, "/", *xff) == "403"       # untrusted header ignored
         c.apply("-", input=MESH_CONFIG)
         _restart_gateway(c)
-        eventually(lambda: code("istio.example.com", port, "/", *xff) == "200", "trusted hop not honoured")
+        eventually(lambda: code("istio.example.com", port, "/", *xff) == "200",
+                   "trusted hop not honoured")
         assert code("istio.example.com", port) == "403"                  # no header: the peer, refused
     finally:
         c.z("delete", "authorizationpolicies.security.istio.io", f"edge-allow-list-{tag}", "-n",
