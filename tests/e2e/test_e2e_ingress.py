@@ -408,7 +408,9 @@ metadata: {{name: edge-jwt-{tag}, namespace: istio-system}}
 spec:
   selector: {{matchLabels: {{istio: ingressgateway}}}}
   action: DENY
-  rules: [{{from: [{{source: {{notRequestPrincipals: ["*"]}}}}], to: [{{operation: {{paths: ["/secure*"]}}}}]}}]
+  rules:
+  - from: [{{source: {{notRequestPrincipals: ["*"]}}}}]
+    to: [{{operation: {{paths: ["/secure*"]}}}}]
 """
 
 RATE_LIMIT = """\
