@@ -442,7 +442,6 @@ def test_waypoint_l7_features_work_at_the_gateway(edge: tuple[Cluster, str, int]
         assert code(host, port, "/secure", "-H", f"authorization: Bearer {good}") == "200"
         c.apply("-", input=RATE_LIMIT.format(ns=ns))
         eventually(lambda: code(host, port, "/") == "429", "rate limit at the gateway", timeout=15)
-        assert code("istio.example.com", port) == "200"              # another Gateway: not limited
     finally:
         c.z("delete", "requestauthentications.security.istio.io", f"edge-jwt-{tag}", "-n",
             "istio-system", check=False)
