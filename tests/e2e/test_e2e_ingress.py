@@ -133,16 +133,30 @@ def code(host: str, port: int, path: str = "/", *opts: str) -> str:
                 f"http://127.0.0.1:{port}{path}").stdout
 
 
+CA: dict[str, bytes] = {}
+
+
 @pytest.fixture(scope="module")
 def edge(cluster: Cluster) -> Iterator[tuple[Cluster, str, int]]:
+    """A meshed namespace whose only ALLOW names the gateway, and an Istio Gateway (HTTP for
+    istio.example.com, HTTPS for secure.example.com with a Secret's certificate) routing to it."""
     ns = unique_name("edge")
+    secret = unique_name("cert")
     try:
         cluster.apply("-", input=BACKENDS.format(ns=ns, principal=GW_PRINCIPAL))
         cluster.wait_ready(ns, count=2)
         cluster.wait_ready("istio-system", timeout=60)
+        ca, cert, key = _tls_material("secure.example.com")
+        CA["pem"] = ca
+        cluster.apply("-", input=json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": secret, "namespace": "istio-system"},
+            "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}))
+        cluster.apply("-", input=ISTIO_GATEWAY.format(ns=ns, secret=secret))
         yield cluster, ns, ingress_port(cluster, 80)
     finally:
         cluster.z("delete", "namespace", ns, check=False)
+        cluster.z("delete", "secret", secret, "-n", "istio-system", check=False)
 
 
 def _tls_material(host: str) -> tuple[bytes, bytes, bytes]:
@@ -174,14 +188,8 @@ def test_the_gateway_is_published_on_loopback_and_listed(edge: tuple[Cluster, st
 
 def test_istio_gateway_reaches_a_mesh_service_that_allows_only_the_gateway(
         edge: tuple[Cluster, str, int]) -> None:
-    c, ns, port = edge
-    secret = unique_name("cert")
-    ca, cert, key = _tls_material("secure.example.com")
-    c.apply("-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": secret, "namespace": "istio-system"},
-        "data": {"tls.crt": base64.b64encode(cert).decode(), "tls.key": base64.b64encode(key).decode()}}))
-    c.apply("-", input=ISTIO_GATEWAY.format(ns=ns, secret=secret))
+    c, _, port = edge
+    ca = CA["pem"]
     eventually(lambda: code("istio.example.com", port) == "200", "the gateway never routed to echo")
     body = json.loads(curl("-H", "Host: istio.example.com", f"http://127.0.0.1:{port}/hi").stdout)
     assert body["pod"].startswith("echo-v1-") and body["path"] == "/hi"
