@@ -9,7 +9,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-packages=(python3 python3-venv python3-dev iproute2 nftables util-linux curl procps openssl tcpdump nodejs ${EXTRA_APT_PACKAGES:-})
+packages=(python3 python3-venv python3-dev iproute2 nftables util-linux curl procps openssl tcpdump nodejs
+          prometheus chromium chromium-driver ${EXTRA_APT_PACKAGES:-})
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
