@@ -690,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
     # (user-facing `waypoint` subcommands are added here by zeromesh.cli.waypoint)
     from zeromesh.cli.waypoint import add_parser as add_waypoint
     add_waypoint(sub, common, nsopt)
+    # Observability (issue 8): each module adds its own commands; `xsub` is `zeromesh x …`.
+    from zeromesh.cli import dashboard, describe, observe
+    observe.add_parser(sub, xsub, common, nsopt)      # x prometheus-config
+    dashboard.add_parser(sub, xsub, common, nsopt)    # dashboard
+    describe.add_parser(sub, xsub, common, nsopt)     # proxy-config|pc, x describe
     return p
 
 
