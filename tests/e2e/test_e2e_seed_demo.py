@@ -114,3 +114,17 @@ def test_step8_canary_sends_about_90_percent_to_v1(demo: Cluster) -> None:
     v1 = sum(1 for p in pods if p.startswith("echoserver-depl-ns2-v1"))
     v2 = sum(1 for p in pods if p.startswith("echoserver-depl-ns2-v2"))
     assert v1 + v2 == 100 and 80 <= v1 <= 100, (v1, v2)
+
+
+def test_step9_observe_proxies_and_describe(demo: Cluster) -> None:
+    ps = demo.z("ps").stdout
+    for kind in ("nodeagent", "waypoint", "gateway"):
+        assert any(kind in line and "SYNCED" in line for line in ps.splitlines()), ps
+    echo = next(p["metadata"]["name"] for p in demo.pods("ns2")
+                if p["metadata"]["name"].startswith("echoserver-depl-ns2-v1"))
+    out = demo.z("x", "describe", "pod", echo, "-n", "ns2").stdout
+    assert "spiffe://cluster.local/ns/ns2/sa/echo-service-account-ns2" in out
+    assert "Waypoint: ns2/echo-service-account-ns2-gw" in out and "for-service-account" in out
+    assert "ns2/allow-get-to-echo-ns2" in out and "ns2/echoserver-vs" in out
+    svc = demo.z("x", "describe", "svc", "echoserver-service-ns2", "-n", "ns2").stdout
+    assert "HBONE" in svc and "echo-service-account-ns2-gw" in svc
