@@ -7,11 +7,14 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from zeromesh.controlplane import objects as o
 from zeromesh.controlplane.controllers import Controllers
@@ -21,6 +24,7 @@ from zeromesh.controlplane.store import SqliteStore
 from zeromesh.controlplane.watch import WatchHub
 from zeromesh.errors import ManifestError, ManifestErrors, NotFound
 from zeromesh.local.state import ClusterConfig, Paths, load_config
+from zeromesh.telemetry.prometheus import METRICS_BY_NAME
 
 log = logging.getLogger("zeromesh.controlplane")
 
@@ -45,6 +49,8 @@ class ControlPlane:
         self.store.subscribe(self.mesh.on_change)
         self.heartbeats: dict[str, float] = {}
         self.started = time.monotonic()
+        self.metrics = self.mesh.push.metrics.registry
+        self.metrics.register(HealthCollector(self))
 
     def _emit(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.ops.emit_event(obj, type_, reason, message)
@@ -107,6 +113,52 @@ class ControlPlane:
                     self._set_node_ready(node, "Unknown", "NodeStatusUnknown",
                                          "the node's runner stopped posting status")
             self.drain()
+
+
+class HealthCollector:
+    """Control-plane health read at scrape time: the configuration version (store revision) and
+    the CA roots' expiry, under zeromesh's and istiod's names (push and CSR metrics live with
+    the push server)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def collect(self) -> Iterator[Metric]:
+        name = "zeromesh_config_version"
+        yield GaugeMetricFamily(name, METRICS_BY_NAME[name].help, value=self.cp.store.revision())
+        roots = self.cp.mesh.ca.roots
+        if roots:
+            expiry = min(r.not_valid_after_utc for r in roots).timestamp()
+            for name in ("zeromesh_ca_root_expiry_timestamp_seconds",
+                         "citadel_server_root_cert_expiry_timestamp"):
+                yield GaugeMetricFamily(name, METRICS_BY_NAME[name].help, value=expiry)
+
+
+async def serve_metrics(cp: ControlPlane) -> web.AppRunner | None:
+    """`/metrics` on the recorded host-loopback port (none for a cluster.json from before it)."""
+    if not cp.cfg.cp_metrics_port:
+        log.warning("no control-plane metrics port in %s; `zeromesh up` records one", cp.paths.config)
+        return None
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(cp.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", cp.cfg.cp_metrics_port))
+    except OSError as e:
+        sock.close()
+        await runner.cleanup()
+        log.error("control-plane metrics: cannot listen on 127.0.0.1:%d: %s", cp.cfg.cp_metrics_port, e)
+        return None
+    await web.SockSite(runner, sock).start()
+    log.info("control-plane metrics on 127.0.0.1:%d/metrics", cp.cfg.cp_metrics_port)
+    return runner
 
 
 def json_error(status: int, message: str, errors: list[str] | None = None) -> web.Response:
@@ -311,8 +363,11 @@ async def serve(cluster: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ticker = asyncio.create_task(cp.tick())
+    metrics = await serve_metrics(cp)
     await stop.wait()
     ticker.cancel()
+    if metrics is not None:
+        await metrics.cleanup()
     await cp.mesh.stop()
     await runner.cleanup()
     cp.store.close()

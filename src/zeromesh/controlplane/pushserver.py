@@ -14,11 +14,13 @@ import datetime as dt
 import json
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from cryptography import x509
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from zeromesh.controlplane.model import MeshModel, to_wire
 from zeromesh.errors import CsrRefused, IdentityError
@@ -26,10 +28,74 @@ from zeromesh.identity.ca import CertificateAuthority
 from zeromesh.identity.certs import uri_sans
 from zeromesh.identity.spiffe import NodeId, PodId, SpiffeId, parse_any
 from zeromesh.push import protocol as p
+from zeromesh.telemetry.prometheus import METRICS_BY_NAME
 
 log = logging.getLogger("zeromesh.push")
 
 FLUSH_DELAY = 0.005        # coalesce a burst of store changes into one update
+PUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ISTIO_CONVERGENCE_BUCKETS = (0.1, 0.5, 1, 3, 5, 10, 20, 30)    # istiod's pilot_proxy_convergence_time
+SENT_AT_LIMIT = 1024       # unanswered pushes remembered per proxy for their latency
+
+
+def _help(name: str) -> str:
+    return METRICS_BY_NAME[name].help
+
+
+class PushMetrics:
+    """Health of the push stream and the CSR endpoint (names in `telemetry.prometheus.METRICS`):
+    zeromesh's own, and istiod's names where the control plane has a direct counterpart, so
+    Istio's control-plane dashboard finds them too. istiod exports its counters without
+    `_total`; those few are kept here and exposed untyped under exactly that name."""
+
+    def __init__(self, conns: Callable[[], Mapping[str, Connection]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.conns = conns
+        self.duration = Histogram("zeromesh_push_duration_seconds", _help("zeromesh_push_duration_seconds"),
+                                  ["kind"], buckets=PUSH_BUCKETS, registry=self.registry)
+        self.convergence = Histogram("pilot_proxy_convergence_time", _help("pilot_proxy_convergence_time"),
+                                     buckets=ISTIO_CONVERGENCE_BUCKETS, registry=self.registry)
+        self.pushes = Counter("zeromesh_pushes", _help("zeromesh_pushes_total"), ["kind", "result"],
+                              registry=self.registry)
+        self.issued = Counter("zeromesh_certificates_issued", _help("zeromesh_certificates_issued_total"),
+                              registry=self.registry)
+        self.nacks = 0
+        self.csrs = 0
+        self.issued_count = 0
+        self.registry.register(self)
+
+    def answered(self, kind: str, seconds: float, ack: bool) -> None:
+        self.duration.labels(kind).observe(seconds)
+        self.convergence.observe(seconds)
+        self.pushes.labels(kind, "ack" if ack else "nack").inc()
+        if not ack:
+            self.nacks += 1
+
+    def send_failed(self, kind: str) -> None:
+        self.pushes.labels(kind, "error").inc()
+
+    def csr(self, signed: bool) -> None:
+        self.csrs += 1
+        if signed:
+            self.issued_count += 1
+            self.issued.inc()
+
+    def collect(self) -> Iterator[Metric]:
+        """The values read at scrape time (a collector registered with its own registry)."""
+        by_kind = dict.fromkeys(p.PROXY_KINDS, 0)
+        for c in self.conns().values():
+            by_kind[c.status.kind] = by_kind.get(c.status.kind, 0) + 1
+        connected = GaugeMetricFamily("zeromesh_connected_proxies", _help("zeromesh_connected_proxies"),
+                                      labels=["kind"])
+        for kind, n in sorted(by_kind.items()):
+            connected.add_metric([kind], n)
+        yield connected
+        yield GaugeMetricFamily("pilot_xds", _help("pilot_xds"), value=sum(by_kind.values()))
+        for name, value in (("pilot_total_xds_rejects", self.nacks), ("citadel_server_csr_count", self.csrs),
+                            ("citadel_server_success_cert_issuance_count", self.issued_count)):
+            m = Metric(name, _help(name), "unknown")
+            m.add_sample(name, {}, value)
+            yield m
 
 
 class Caller:
@@ -66,6 +132,7 @@ class Connection:
         self.ws = ws
         self.status = status
         self.lock = asyncio.Lock()
+        self.sent_at: dict[int, float] = {}      # nonce -> when the change it carries happened
 
 
 class PushServer:
@@ -84,10 +151,14 @@ class PushServer:
         self.last_push_seconds = 0.0
         self.pushed_version = ""
         self._full_cache: dict[str, tuple[str, str]] = {}
+        self._pending_since: float | None = None
+        self.metrics = PushMetrics(lambda: self.conns)
 
     # ---- fan-out -----------------------------------------------------------------
     def changed(self, records: Mapping[str, Mapping[str, Any]]) -> None:
         """Queue model changes; they are sent together a few milliseconds later."""
+        if not self._pending:
+            self._pending_since = asyncio.get_running_loop().time()
         self._pending.append({t: {k: to_wire(v) for k, v in recs.items()}
                               for t, recs in records.items()})
         if self._flush_task is None or self._flush_task.done():
@@ -102,11 +173,12 @@ class PushServer:
         while True:
             await asyncio.sleep(FLUSH_DELAY)
             batches, self._pending = self._pending, []
+            since, self._pending_since = self._pending_since, None
             merged = p.merge_changes(batches)
             version = self.version()
             self.pushed_version = version
             t0 = asyncio.get_running_loop().time()
-            await asyncio.gather(*(self._send(c, p.filter_for(c.status.kind, merged), version, False)
+            await asyncio.gather(*(self._send(c, p.filter_for(c.status.kind, merged), version, False, since)
                                    for c in list(self.conns.values())), return_exceptions=True)
             self.last_push_seconds = asyncio.get_running_loop().time() - t0
             if not self._pending:
@@ -117,11 +189,15 @@ class PushServer:
         return self._nonce
 
     async def _send(self, conn: Connection, resources: Mapping[str, Any] | str, version: str,
-                    full: bool) -> None:
-        """`resources` may be pre-encoded JSON (the shared full state) to avoid re-encoding it."""
+                    full: bool, since: float | None = None) -> None:
+        """`resources` may be pre-encoded JSON (the shared full state) to avoid re-encoding it;
+        `since`: when the change it carries happened (the push latency runs from there to the ACK)."""
         async with conn.lock:
             nonce = self._next_nonce()
             conn.status.sent(nonce, version)
+            conn.sent_at[nonce] = asyncio.get_running_loop().time() if since is None else since
+            if len(conn.sent_at) > SENT_AT_LIMIT:
+                del conn.sent_at[next(iter(conn.sent_at))]
             if isinstance(resources, str):
                 text = (f'{{"type":"update","nonce":{nonce},"version":{json.dumps(version)},'
                         f'"full":{"true" if full else "false"},"resources":{resources}}}')
@@ -131,6 +207,8 @@ class PushServer:
                 await conn.ws.send_str(text)
             except (ConnectionError, RuntimeError) as e:
                 log.info("push to %s failed: %s", conn.status.id, e)
+                conn.sent_at.pop(nonce, None)
+                self.metrics.send_failed(conn.status.kind)
 
     def full_state(self, kind: str) -> str:
         """The full state for one kind of proxy, encoded once per version and shared."""
@@ -156,6 +234,7 @@ class PushServer:
             if first.type != WSMsgType.TEXT:
                 await ws.close(message=b"expected hello")
                 return ws
+            hello_at = asyncio.get_running_loop().time()
             hello = p.decode(first.data)
             if not isinstance(hello, p.Hello):
                 raise p.ProtocolError("the first message must be hello")
@@ -169,7 +248,7 @@ class PushServer:
                 connected_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
             self.conns[pid] = conn
             log.info("proxy %s connected as %s", pid, caller.uri)
-            await self._send(conn, self.full_state(hello.kind), self.version(), True)
+            await self._send(conn, self.full_state(hello.kind), self.version(), True, hello_at)
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
@@ -177,6 +256,10 @@ class PushServer:
                 if not isinstance(answer, p.Ack | p.Nack):
                     raise p.ProtocolError("expected ack or nack")
                 conn.status.answered(answer)
+                since = conn.sent_at.pop(answer.nonce, None)
+                if since is not None:
+                    self.metrics.answered(conn.status.kind, asyncio.get_running_loop().time() - since,
+                                          isinstance(answer, p.Ack))
                 if isinstance(answer, p.Nack):
                     log.warning("proxy %s rejected version %s: %s", pid, answer.version,
                                 answer.error)
@@ -243,10 +326,13 @@ class PushServer:
             signed = self.ca.sign_csr(csr, caller=caller.uri, allowed=self.allowed_for(caller),
                                       ttl=dt.timedelta(seconds=float(ttl)) if ttl else None)
         except CsrRefused as e:
+            self.metrics.csr(signed=False)
             log.warning("certificate refused for %s: %s", caller.uri, e)
             return web.json_response({"error": str(e)}, status=403)
         except IdentityError as e:
+            self.metrics.csr(signed=False)
             return web.json_response({"error": str(e)}, status=400)
+        self.metrics.csr(signed=True)
         return web.json_response({"cert_chain": signed.chain_pem, "identity": signed.identity,
                                   "serial": signed.serial,
                                   "not_after": signed.not_after.isoformat()})

@@ -123,7 +123,8 @@ def pick_ports(keys: Iterable[str], have: Mapping[str, int], free: Callable[[int
 
 def _ports_in_use(cfg: ClusterConfig) -> set[int]:
     """The other loopback ports this cluster recorded (control plane, node agents)."""
-    return {cfg.xds_port, *(p for ports in cfg.node_ports.values() for p in ports.values())} - {0}
+    return {cfg.xds_port, cfg.cp_metrics_port,
+            *(p for ports in cfg.node_ports.values() for p in ports.values())} - {0}
 
 
 def _allocate_ingress(cfg: ClusterConfig, bound: bool) -> None:
@@ -239,6 +240,10 @@ def up(cluster: str, nodes: int | None, image_table: str | None, progress: Progr
             have = cfg.node_ports.get(node, {})
             cfg.node_ports[node] = {"metrics": free_port(have.get("metrics", 0)),
                                     "admin": free_port(have.get("admin", 0))}
+    if not _daemon_running(paths, "controlplane"):
+        # After the node agents' ports, so a fresh pick cannot collide with one of them.
+        cfg.cp_metrics_port = pick_ports(["metrics"], {"metrics": cfg.cp_metrics_port}, free_port,
+                                         _ports_in_use(cfg) - {cfg.cp_metrics_port})["metrics"]
     if ingress is not None:
         cfg.ingress = ingress
     _allocate_ingress(cfg, bound=any(_daemon_running(paths, f"runner-{n}")

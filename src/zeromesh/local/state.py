@@ -24,6 +24,7 @@ class ClusterConfig:
     python: str = ""          # interpreter pod processes can run (sample apps)
     trust_domain: str = "cluster.local"
     xds_port: int = 0         # the control plane's mTLS port for proxies on the host's loopback
+    cp_metrics_port: int = 0  # the control plane's Prometheus /metrics on the host's loopback (istiod: 15014)
     workload_cert_ttl: int = 0   # seconds; 0 = the CA's default (24 h)
     # Per node agent: host-loopback ports for metrics (Istio's 15020) and admin (15000).
     node_ports: dict[str, dict[str, int]] = field(default_factory=dict)
