@@ -128,3 +128,10 @@ def test_step9_observe_proxies_and_describe(demo: Cluster) -> None:
     assert "ns2/allow-get-to-echo-ns2" in out and "ns2/echoserver-vs" in out
     svc = demo.z("x", "describe", "svc", "echoserver-service-ns2", "-n", "ns2").stdout
     assert "HBONE" in svc and "echo-service-account-ns2-gw" in svc
+    wp = next(p["metadata"]["name"] for p in demo.pods("ns2")
+              if p["metadata"]["labels"].get("istio.io/gateway-name") == "echo-service-account-ns2-gw")
+    routes = json.loads(demo.z("pc", "routes", wp, "-n", "ns2").stdout)
+    assert routes == {"echoserver-service-ns2.ns2.svc.cluster.local": ["ns2/echoserver-vs/http[0]"]}
+    certs = json.loads(demo.z("pc", "certificates", echo, "-n", "ns2").stdout)
+    assert any(c.get("identity") == "spiffe://cluster.local/ns/ns2/sa/echo-service-account-ns2"
+               for c in certs)
