@@ -61,12 +61,18 @@ def _world_usable(path: str) -> bool:
 
 
 def pid_alive(pid: int, marker: str) -> bool:
-    """Alive *and* still ours: a recycled pid must never be signalled."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return marker in cmdline
+    """Alive *and* still ours: a recycled pid must never be signalled. A child that was just
+    spawned can show an empty command line for an instant (its exec is still completing), so
+    an empty one is read again briefly before the process counts as gone (a zombie stays empty)."""
+    for _ in range(50):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        if raw:
+            return marker in raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.002)
+    return False
 
 
 def _pidfile(paths: Paths, daemon: str) -> Path:

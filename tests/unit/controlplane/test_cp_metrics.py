@@ -63,3 +63,19 @@ def test_metrics_port_is_recorded_and_counted_as_taken() -> None:
     assert cluster._ports_in_use(cfg) == {5000, 5001, 5002, 5003}
     # An older cluster.json without the field still loads.
     assert ClusterConfig(name="c", nodes=1).cp_metrics_port == 0
+
+
+def test_a_just_spawned_daemon_counts_as_alive() -> None:
+    """Right after Popen returns, /proc/PID/cmdline can still be empty; `up` must not take the
+    control plane it just started for dead (that made `up` fail now and then)."""
+    import subprocess
+    import sys
+    for _ in range(5):
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.1)", "--cluster", "c",
+                              "controlplane"], start_new_session=True)
+        try:
+            assert cluster.pid_alive(p.pid, "--cluster c controlplane ")
+            assert not cluster.pid_alive(p.pid, "--cluster c2 controlplane ")
+        finally:
+            p.wait()
+    assert not cluster.pid_alive(p.pid, "--cluster c controlplane ")
