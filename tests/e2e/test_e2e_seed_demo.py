@@ -135,3 +135,40 @@ def test_step9_observe_proxies_and_describe(demo: Cluster) -> None:
     certs = json.loads(demo.z("pc", "certificates", echo, "-n", "ns2").stdout)
     assert any(c.get("identity") == "spiffe://cluster.local/ns/ns2/sa/echo-service-account-ns2"
                for c in certs)
+
+
+def test_step9_metrics_and_graph(demo: Cluster) -> None:
+    """TCP and HTTP metrics for the demo's calls, and both namespaces in the dashboard's graph
+    with mTLS edges."""
+    import os
+    import signal
+    import sys
+    import urllib.request
+
+    from e2ekit import ROOT
+
+    for _ in range(3):
+        demo.curl("ns1", "deploy/sleep-depl-ns1", NS2_ECHO)
+    proc = subprocess.Popen([sys.executable, "-m", "zeromesh", "--cluster", demo.name, "dashboard",
+                             "--port", "0", "--no-browser"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        base, _, query = url.partition("/?token=")
+
+        def graph() -> dict:  # type: ignore[type-arg]
+            req = urllib.request.Request(f"{base}/api/graph", headers={"X-Zeromesh-Token": query})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())["graph"] or {"nodes": [], "edges": []}
+
+        def ok() -> bool:
+            g = graph()
+            ids = {n["id"] for n in g["nodes"]}
+            mtls = [e for e in g["edges"] if e.get("mtls") and e["protocol"] == "tcp"]
+            http = [e for e in g["edges"] if e["protocol"] == "http" and e.get("requests")]
+            return (any(i.startswith("wl:ns1/") for i in ids) and any(i.startswith("wl:ns2/") for i in ids)
+                    and any(e["source"].startswith("wl:ns1/") for e in mtls) and bool(http))
+        eventually(ok, "the graph never showed ns1 -> ns2 with mTLS and HTTP edges", timeout=30)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
