@@ -41,6 +41,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                      ingress=False if args.no_ingress else None)
     flag = "" if name == DEFAULT_CLUSTER else f" --cluster {name}"
     print(f"cluster {name!r} is ready: {cfg.nodes} node(s) ({time.monotonic() - t0:.1f}s)")
+    if getattr(cfg, "cp_metrics_port", 0):
+        print(f"  control plane: metrics http://127.0.0.1:{cfg.cp_metrics_port}/metrics")
     for node, ports in sorted(cfg.node_ports.items()):
         print(f"  {node} node agent: metrics http://127.0.0.1:{ports['metrics']}/metrics, "
               f"admin http://127.0.0.1:{ports['admin']}/config_dump")
@@ -51,6 +53,7 @@ Try:
   zeromesh{flag} apply -f examples/
   zeromesh{flag} get pods -A -o wide
   zeromesh{flag} exec -n sample-client deploy/curl -- curl -s http://echo.sample-server
+  zeromesh{flag} dashboard
   zeromesh{flag} down""")
     return 0
 
