@@ -82,10 +82,18 @@ sleep 1
 run zeromesh exec -n ns1 deploy/sleep-depl-ns1 -- sh -c "for i in \$(seq 100); do curl -s -m 5 $NS2_ECHO; echo; done" \
   | grep -o 'echoserver-depl-ns2-v[12]' | sort | uniq -c
 
+step "Step 9: observe — proxies in sync, how the mesh treats ns2's echo, the waypoint's routes"
+run zeromesh ps
+ECHO_POD=$(zeromesh get pods -n ns2 -o name | grep echoserver-depl-ns2-v1 | head -1 | cut -d/ -f2)
+run zeromesh x describe pod "$ECHO_POD" -n ns2
+WP_POD=$(zeromesh get pods -n ns2 -l istio.io/gateway-name=echo-service-account-ns2-gw -o name | head -1 | cut -d/ -f2)
+run zeromesh pc routes "$WP_POD" -n ns2
+
 cat <<'MSG'
 
-Step 9 of examples/istio-ambient-demo/SCENARIO.md (the dashboard and graph)
-arrives with issue 8; see the README's status table.
+See the live service graph (ns1 -> ns2 with mTLS and HTTP edges) with
+  zeromesh --cluster demo dashboard
+and point Prometheus at the cluster with `zeromesh x prometheus-config` (README).
 
 The cluster is still running. Explore it, for example:
   zeromesh --cluster demo get pods -A -o wide
