@@ -74,6 +74,7 @@ _SPECS: dict[tuple[str, str], dict[str, Any]] = {
     ("zeromesh.io", "LocalRateLimit"): {"spec": {
         "targetRefs": [{"kind": "Service", "group": "", "name": "demo"}],
         "tokenBucket": {"maxTokens": 10, "tokensPerFill": 10, "fillInterval": "1s"}}},
+    ("zeromesh.io", "TelemetryPolicy"): {"spec": {}},
 }
 
 

@@ -80,6 +80,7 @@ ALL_KINDS: tuple[KindInfo, ...] = (
     _k("TLSRoute", GATEWAY_API, ("v1alpha2",), "tlsroutes"),
     _k("ReferenceGrant", GATEWAY_API, ("v1beta1", "v1alpha2"), "referencegrants", "refgrant"),
     _k("LocalRateLimit", "zeromesh.io", ("v1alpha1",), "localratelimits", "lrl"),
+    _k("TelemetryPolicy", "zeromesh.io", ("v1alpha1",), "telemetrypolicies"),
 )
 
 _BY_GROUP_KIND: dict[tuple[str, str], KindInfo] = {(k.group, k.kind): k for k in ALL_KINDS}

@@ -52,6 +52,7 @@ CONFIG_RESOURCES = (
     "tlsroutes.gateway.networking.k8s.io",
     GATEWAYS,
     "localratelimits.zeromesh.io",
+    "telemetrypolicies.zeromesh.io",
     "referencegrants.gateway.networking.k8s.io",
     SECRETS,
 )

@@ -3,8 +3,10 @@ benchmark) carrying HTTP/1.1, or anything else passed through as TCP.
 
 Per request, in Istio's order: authorization → route → redirect → fault → header rewrites →
 backend and endpoint choice → upstream exchange with retries inside the route timeout →
-response header rewrites → metrics and access log. Decisions come from the pure cores
-(:mod:`zeromesh.policy`, :mod:`zeromesh.routing`); this module only moves bytes.
+response header rewrites → metrics, access log and spans. Decisions come from the pure cores
+(:mod:`zeromesh.policy`, :mod:`zeromesh.routing`, :mod:`zeromesh.telemetry`); this module only
+moves bytes. Each request gets a server span; each upstream attempt a client span whose id the
+upstream request carries (``traceparent`` and B3 headers replace whatever the client sent).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from zeromesh.routing.retry import (
     UpstreamResponse,
 )
 from zeromesh.routing.traffic_policy import TrafficPolicy
+from zeromesh.telemetry.tracing import PROPAGATION_HEADERS, begin, extract, new_span_id, upstream_headers
 from zeromesh.waypoint import http1
 from zeromesh.waypoint.config import GATEWAY_GROUP, Destination, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, splice
@@ -102,6 +105,11 @@ class LocalAnswerBox:
 
 def _give_up(g: GiveUp, reason: str) -> LocalAnswer:
     return (g.status, g.body, g.flags, reason, list(g.headers))
+
+
+def _failure(outcome: Outcome | LocalAnswerBox) -> str:
+    """Why an attempt got no response, for its span."""
+    return str(outcome.answer[3] if isinstance(outcome, LocalAnswerBox) else outcome)
 
 
 class ClusterState:
@@ -393,6 +401,7 @@ class HttpEngine:
                             host, protocol=protocol, service=dest.service, mtls_in=peer.mtls,
                             request_bytes=len(req.body) + sum(len(k) + len(v) + 4 for k, v in req.headers))
         rec.request_id = req.get("x-request-id") or f"{random.getrandbits(128):032x}"
+        rec.headers, rec.body = req.headers, req.body
         if self.self_source is not None:          # an ingress gateway is the source of what it sends
             rec.reporter = "source"
             rec.source, rec.src_identity = self.self_source()
@@ -409,6 +418,13 @@ class HttpEngine:
 
         if self.route_dest is not None:
             dest = self.route_dest(cfg, dest, host)
+        scoped = self.telemetry.settings.for_service(dest.service)
+        rec.settings = scoped.log
+        incoming = not PROPAGATION_HEADERS.isdisjoint(hmap)     # the client sent a trace context
+        parent = extract(hmap) if incoming else None
+        rec.trace_id, rec.span_id, rec.parent_span_id, rec.sampled = begin(parent, scoped.sampling)
+        if parent is not None:
+            rec.tracestate, rec.b3_single = parent.tracestate, parent.b3_single
         ports = getattr(cfg, "ports", None)
         scheme = "https" if ports is not None and ports().get(dest.port) == "HTTPS" else "http"
         remote = client_address(peer.ip, hmap.get("x-forwarded-for"), getattr(cfg, "trusted_hops", 0))
@@ -471,8 +487,10 @@ class HttpEngine:
             return local(abort, "fault filter abort", "FI", "fault injection")
 
         fwd = rewrite_request(action.rewrite, match, hreq)
-        out_headers = [(k, v) for k, v in http1.end_to_end(headers, http1.connection_tokens(req))
-                       if k != "host"]
+        drop = http1.connection_tokens(req)
+        if incoming:                      # the client's context: replaced by ours per attempt
+            drop = drop | PROPAGATION_HEADERS
+        out_headers = [(k, v) for k, v in http1.end_to_end(headers, drop) if k != "host"]
         out_headers.insert(0, ("host", fwd.host))
         out_headers = apply_ops(action.request_header_ops, out_headers)
         if "x-request-id" not in hmap:
@@ -484,15 +502,19 @@ class HttpEngine:
         if backend is None:
             return local(500, "no backend\n", "NC", "route has no usable backend")
         for mirror in mirror_decision(action.mirrors, self.rng):
-            self._mirror(mirror, dest, req.method, fwd.path, out_headers, req.body)
+            self._mirror(mirror, dest, req.method, fwd.path, out_headers + upstream_headers(
+                rec.trace_id, rec.span_id, rec.span_id, rec.sampled, rec.tracestate, rec.b3_single), req.body)
 
-        request: bytes | Message
-        if req.protocol == "grpc":        # gRPC needs HTTP/2 end to end (trailers carry its status)
-            request = Message(headers=out_headers, body=req.body, method=req.method, target=fwd.path,
-                              protocol="grpc")
-        else:
-            request = http1.serialize_request(req.method, fwd.path, out_headers, req.body)
-        resp = await self._exchange(backend, dest, request, req.method == "HEAD", action, rec)
+        def build(span_id: str) -> bytes | Message:
+            """The upstream request of one attempt, whose client span is ``span_id``."""
+            hs = out_headers + upstream_headers(rec.trace_id, rec.span_id, span_id, rec.sampled,
+                                                rec.tracestate, rec.b3_single)
+            if req.protocol == "grpc":    # gRPC needs HTTP/2 end to end (trailers carry its status)
+                return Message(headers=hs, body=req.body, method=req.method, target=fwd.path,
+                               protocol="grpc")
+            return http1.serialize_request(req.method, fwd.path, hs, req.body)
+
+        resp = await self._exchange(backend, dest, build, req.method == "HEAD", action, rec)
         if isinstance(resp, tuple):
             status, body, flags, reason, extra = resp
             return local(status, body, flags, reason, list(extra))
@@ -542,10 +564,11 @@ class HttpEngine:
             self._clusters[key] = got
         return got
 
-    async def _exchange(self, backend: Backend, dest: Destination, request: bytes | Message, head_only: bool,
-                        action: RouteAction, rec: RequestRecord) -> Message | LocalAnswer:
+    async def _exchange(self, backend: Backend, dest: Destination, build: Callable[[str], bytes | Message],
+                        head_only: bool, action: RouteAction, rec: RequestRecord) -> Message | LocalAnswer:
         """Send to one endpoint at a time, retrying as the route says (Envoy's decisions, from
-        :mod:`zeromesh.routing.retry`), inside the route timeout and the cluster's limits."""
+        :mod:`zeromesh.routing.retry`), inside the route timeout and the cluster's limits. Each
+        attempt is a client span, and its request carries that span's context."""
         cfg = self.config()
         cluster = self._cluster(backend)
         state = RetryState.for_route(action, now=time.monotonic(), rng=self.rng, budget=cluster.pool)
@@ -588,11 +611,18 @@ class HttpEngine:
                 rec.service = up.service or rec.service
                 rec.dst_identity = up.workload.identity.uri if up.meshed and up.workload else ""
                 cluster.active[key] = cluster.active.get(key, 0) + 1
+                span_id = new_span_id()           # this attempt's CLIENT span
+                started = now
                 try:
-                    outcome, resp = await self._attempt(up, request, head_only, state.attempt_timeout(now))
+                    outcome, resp = await self._attempt(up, build(span_id), head_only,
+                                                        state.attempt_timeout(now))
                 finally:
                     cluster.active[key] -= 1
                 now = time.monotonic()
+                if rec.sampled:                   # made into a span only if someone reads it
+                    rec.attempted(span_id, started, now, resp.status if resp is not None else 0, up,
+                                  backend.port or dest.port, backend,
+                                  "" if resp is not None else _failure(outcome))
                 if isinstance(outcome, LocalAnswerBox):
                     return outcome.answer
                 if cluster.outlier is not None:

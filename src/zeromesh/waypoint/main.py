@@ -6,7 +6,7 @@ needs, then drops to the pod's own uid and makes itself non-dumpable, so neither
 applications (uid 65534) nor another proxy can read its keys. Then, as Istio's waypoint:
 a push stream to the control plane (bootstrap credential), its own workload certificate
 from the CA (a CSR for the Gateway's service account), HBONE on 15008, readiness on 15021
-and Prometheus metrics on 15020.
+and Prometheus metrics on 15020, with the recent traces at ``/debug/traces?limit=N``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ from zeromesh.waypoint.config import AUTHZ, Upstream, WaypointConfig
 from zeromesh.waypoint.duplex import Duplex, StreamDuplex, TunnelDuplex
 from zeromesh.waypoint.engine import ConnectFailure, HttpEngine, Peer
 from zeromesh.waypoint.jwks_fetch import JwksFetcher
-from zeromesh.waypoint.telemetry import WaypointTelemetry, batch_access_log
+from zeromesh.waypoint.telemetry import (
+    ISTIO_TELEMETRY,
+    TELEMETRY_POLICIES,
+    ProxyScope,
+    TelemetrySettings,
+    WaypointTelemetry,
+    batch_access_log,
+)
 from zeromesh.ztunnel.hbone_io import HboneLink, LinkPool, TunnelStream, connect_link
 
 log = logging.getLogger("zeromesh.waypoint")
@@ -81,7 +88,7 @@ class ProxyProcess:
         self.chain_file = _write_private(directory, "bootstrap-chain.pem", "".join(cred["cert_chain"]))
         self.root_file = _write_private(directory, "root-cert.pem", self.roots_pem)
         self.certs = CertManager(self.trust_domain, self._request_cert, directory / "certs")
-        self.telemetry = WaypointTelemetry()
+        self.telemetry = WaypointTelemetry(f"{self.gateway}.{self.namespace}")
         self.config: Any = self.build_config({}, "")
         self.jwks = JwksFetcher()
         self.engine = HttpEngine(lambda: self.config, self._connect_upstream, self.telemetry, jwks=self.jwks)
@@ -123,10 +130,24 @@ class ProxyProcess:
     def _on_state(self, state: dict[str, dict[str, Any]], version: str) -> None:
         old, self._policies = self._policies, dict(state.get(AUTHZ) or {})
         self.config = self.build_config(state, version)
+        self._configure_telemetry(state)
         for pol in self.config.authz:
             if pol.notes and self._policies.get(pol.key) != old.get(pol.key):
                 log.info("AuthorizationPolicy %s at this proxy: %s", pol.key, "; ".join(pol.notes))
         log.info("config version %s applied", version)
+
+    def _configure_telemetry(self, state: dict[str, dict[str, Any]]) -> None:
+        """TelemetryPolicies and Istio Telemetry for this proxy; its name in traces is its
+        canonical service and namespace, as Istio's (``istio-ingressgateway.istio-system``)."""
+        me = next((w for w in (state.get("workload") or {}).values()
+                   if w and w.get("namespace") == self.namespace and w.get("name") == self.pod), None)
+        labels = dict((me or {}).get("labels") or {})
+        canonical = str((me or {}).get("canonical_name") or self.gateway)
+        scope = ProxyScope(self.namespace, self.gateway, labels)
+        settings = TelemetrySettings((state.get(TELEMETRY_POLICIES) or {}).values(),
+                                     (state.get(ISTIO_TELEMETRY) or {}).values(), scope)
+        self.telemetry.configure(settings, f"{canonical}.{self.namespace}")
+
     # ---- upstream ----------------------------------------------------------------------------
     async def _connect_upstream(self, up: Upstream, headers: list[tuple[str, str]]) -> Duplex:
         if up.meshed and up.workload is not None:
@@ -168,13 +189,23 @@ class ProxyProcess:
     async def _config_dump(self, _: web.Request) -> web.Response:
         return web.json_response(self.dump())
 
+    async def _traces(self, request: web.Request) -> web.Response:
+        """The most recent traces this proxy took part in, newest first (``docs/tracing.md``)."""
+        raw = request.query.get("limit", "")
+        try:
+            limit = int(raw) if raw else None
+        except ValueError:
+            return web.json_response({"error": f"limit must be an integer, got {raw!r}"}, status=400)
+        return web.json_response(self.telemetry.recent_traces(limit))
+
     async def run(self) -> None:
         batch_access_log()
         runners = []
         for port, routes in ((STATUS_PORT, [web.get("/healthz/ready", self._ready)]),
                              (METRICS_PORT, [web.get("/stats/prometheus", self._metrics),
                                              web.get("/metrics", self._metrics),
-                                             web.get("/config_dump", self._config_dump)])):
+                                             web.get("/config_dump", self._config_dump),
+                                             web.get("/debug/traces", self._traces)])):
             app = web.Application()
             app.add_routes(routes)
             r = web.AppRunner(app, access_log=None)
@@ -194,6 +225,7 @@ class ProxyProcess:
                 server.close()
             self.engine.close()
             self.links.close()
+            self.telemetry.close()
             for r in runners:
                 await r.cleanup()
 

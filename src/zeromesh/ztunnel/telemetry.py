@@ -1,5 +1,10 @@
 """L4 telemetry of the ztunnel: Istio's TCP metrics (same names and labels, so Istio's
-dashboards work) and one JSON access-log line per connection."""
+dashboards work) and one JSON access-log line per connection.
+
+The line's fields (``Connection.log_fields``) are documented in ``docs/access-log.md``; they
+are addresses, identities and counters the proxy established itself, never text a client
+sent, so unlike the waypoint's request lines (``zeromesh.telemetry.masking``) nothing in them
+is masked."""
 
 from __future__ import annotations
 

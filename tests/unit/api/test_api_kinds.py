@@ -41,6 +41,7 @@ EXPECTED = {
     (GW, "TLSRoute"): (("v1alpha2",), "tlsroutes", True, False),
     (GW, "ReferenceGrant"): (("v1beta1", "v1alpha2"), "referencegrants", True, False),
     ("zeromesh.io", "LocalRateLimit"): (("v1alpha1",), "localratelimits", True, False),
+    ("zeromesh.io", "TelemetryPolicy"): (("v1alpha1",), "telemetrypolicies", True, False),
 }
 
 
