@@ -18,7 +18,8 @@ from typing import Any
 from zeromesh.api.durations import parse_duration
 from zeromesh.authn.jwks import JwksError, JwkSet, discovery_url, parse_jwks
 from zeromesh.authn.jwt import sanitize_audience
-from zeromesh.policy import ROOT_NAMESPACE, Scope, ScopeKind, Target
+from zeromesh.policy import ROOT_NAMESPACE, Scope
+from zeromesh.policy.compile import scope_of
 
 JWKS_FETCH_TIMEOUT = 5.0
 """Istio's default ``timeout`` for fetching a JWKS (seconds)."""
@@ -116,37 +117,6 @@ class CompiledRequestAuthn:
         return f"{self.namespace}/{self.name}"
 
 
-def _targets(spec: Mapping[str, Any], namespace: str) -> tuple[Target, ...]:
-    """``targetRef``/``targetRefs`` as :class:`Target` values (GatewayClass is cluster-scoped)."""
-    refs = spec.get("targetRefs")
-    refs = list(refs) if isinstance(refs, list) else []
-    if isinstance(spec.get("targetRef"), Mapping):
-        refs.append(spec["targetRef"])
-    out = []
-    for ref in refs:
-        if not isinstance(ref, Mapping):
-            continue
-        group, kind = str(ref.get("group", "") or ""), str(ref.get("kind", ""))
-        ns = "" if kind == "GatewayClass" else namespace
-        out.append(Target(group, kind, str(ref.get("name", "")), ns))
-    return tuple(out)
-
-
-def _scope(spec: Mapping[str, Any], namespace: str, root_namespace: str) -> Scope:
-    """The same scopes AuthorizationPolicy has (zeromesh.policy), read the same way."""
-    targets = _targets(spec, namespace)
-    if targets:
-        return Scope(ScopeKind.TARGET_REFS, targets=targets)
-    selector = spec.get("selector")
-    if isinstance(selector, Mapping):
-        labels = selector.get("matchLabels") or {}
-        return Scope(ScopeKind.WORKLOAD_SELECTOR, labels=tuple(sorted(
-            (str(k), str(v)) for k, v in labels.items())))
-    if namespace == root_namespace:
-        return Scope(ScopeKind.GLOBAL)
-    return Scope(ScopeKind.NAMESPACE)
-
-
 def _strings(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
 
@@ -242,7 +212,7 @@ def compile_request_authn(obj: Mapping[str, Any], *,
         notes += rule_notes
     if not rules:
         notes.append("no jwtRules: this RequestAuthentication validates nothing")
-    return CompiledRequestAuthn(name, namespace, _scope(spec, namespace, root_namespace),
+    return CompiledRequestAuthn(name, namespace, scope_of(spec, namespace, root_namespace),
                                 tuple(rules), str(meta.get("creationTimestamp", "")), tuple(notes))
 
 

@@ -353,7 +353,7 @@ def _compile_rule(index: int, rule: Mapping[str, Any], action: Action, enforcer:
     return CompiledRule(index, tuple(clauses), test), note, b.unseen
 
 
-def _targets(spec: Mapping[str, Any], namespace: str) -> tuple[Target, ...]:
+def targets_of(spec: Mapping[str, Any], namespace: str) -> tuple[Target, ...]:
     refs = spec.get("targetRefs")
     refs = list(refs) if isinstance(refs, list) else []
     if isinstance(spec.get("targetRef"), Mapping):
@@ -368,8 +368,9 @@ def _targets(spec: Mapping[str, Any], namespace: str) -> tuple[Target, ...]:
     return tuple(out)
 
 
-def _scope(spec: Mapping[str, Any], namespace: str, root_namespace: str) -> Scope:
-    targets = _targets(spec, namespace)
+def scope_of(spec: Mapping[str, Any], namespace: str, root_namespace: str) -> Scope:
+    """Where a policy-like resource applies (also RequestAuthentication and TelemetryPolicy)."""
+    targets = targets_of(spec, namespace)
     if targets:
         return Scope(ScopeKind.TARGET_REFS, targets=targets)
     selector = spec.get("selector")
@@ -396,7 +397,7 @@ def compile_policy(obj: Mapping[str, Any], enforcer: Enforcer, *,
     action = Action(spec.get("action") or "ALLOW")
     provider_spec = spec.get("provider")
     provider = str(provider_spec.get("name")) if isinstance(provider_spec, Mapping) else None
-    scope = _scope(spec, namespace, root_namespace)
+    scope = scope_of(spec, namespace, root_namespace)
 
     def make(rules: tuple[CompiledRule, ...], notes: tuple[str, ...], status: str = "",
              enforced: bool = True) -> CompiledPolicy:

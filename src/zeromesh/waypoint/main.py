@@ -11,6 +11,7 @@ and Prometheus metrics on 15020, with the recent traces at ``/debug/traces?limit
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ctypes
 import json
@@ -68,7 +69,7 @@ def _write_private(directory: Path, name: str, text: str) -> str:
     return str(path)
 
 
-class ProxyProcess:
+class ProxyProcess(abc.ABC):
     """What a waypoint and the ingress gateway share: the push stream, their own workload
     certificate, the L7 engine and its upstream connections into the mesh, status and metrics."""
 
@@ -99,12 +100,13 @@ class ProxyProcess:
         self._policies: dict[str, Any] = {}
         self.ready = False
 
+    @abc.abstractmethod
     def build_config(self, state: dict[str, dict[str, Any]], version: str) -> Any:
-        raise NotImplementedError
+        """The proxy's pure view of a pushed state (WaypointConfig, GatewayConfig)."""
 
+    @abc.abstractmethod
     async def serve(self) -> list[asyncio.AbstractServer]:
         """Open the proxy's listeners once it has config and a certificate."""
-        raise NotImplementedError
 
     def spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
